@@ -1,0 +1,16 @@
+"""CloudWatch Logs writer: every PutLogEvents limit respected, one result per event."""
+
+from .models import EventResult, GroupOptions, LogEvent, Outcome, RejectReason
+from .settings import WriterSettings
+from .writer import CloudWatchWriter, make_logs_client
+
+__all__ = [
+    "CloudWatchWriter",
+    "EventResult",
+    "GroupOptions",
+    "LogEvent",
+    "Outcome",
+    "RejectReason",
+    "WriterSettings",
+    "make_logs_client",
+]
