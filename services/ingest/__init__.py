@@ -1,0 +1,1 @@
+"""The ingest service: authenticates, validates and writes log events through the writer."""

@@ -1,0 +1,119 @@
+"""The log endpoints: the seed contract ``POST /logs`` and the batch API ``POST /v1/logs``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from fastapi import APIRouter, HTTPException, status
+
+from services.ingest.deps import PipelineDep, SettingsDep
+from services.ingest.pipeline import Overloaded, ShuttingDown, WritePipeline
+from services.ingest.rendering import render_message
+from services.ingest.schemas import (
+    BatchRequest,
+    BatchResponse,
+    EventResultOut,
+    QueuedResponse,
+    SeedLogRequest,
+)
+from services.ingest.settings import IngestSettings
+from services.writer.models import EventResult, LogEvent
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+
+def _submit(
+    pipeline: WritePipeline, settings: IngestSettings, events: list[LogEvent]
+) -> asyncio.Future[list[EventResult]]:
+    retry_after = {"Retry-After": str(settings.retry_after_seconds)}
+    try:
+        return pipeline.submit(events)
+    except Overloaded:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"{pipeline.pending_events} events are pending; retry later",
+            headers=retry_after,
+        ) from None
+    except ShuttingDown:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="the service is shutting down; retry later",
+            headers=retry_after,
+        ) from None
+
+
+def _report_background_results(future: asyncio.Future[list[EventResult]]) -> None:
+    if future.cancelled():
+        return
+    if (error := future.exception()) is not None:
+        logger.error("background write failed: %s", error)
+        return
+    for result in future.result():
+        if not result.written:
+            logger.warning(
+                "event %s rejected: %s %s", result.event_id, result.reason, result.detail or ""
+            )
+
+
+@router.post("/logs", response_model=QueuedResponse, status_code=status.HTTP_200_OK)
+async def post_log(
+    payload: SeedLogRequest, pipeline: PipelineDep, settings: SettingsDep
+) -> QueuedResponse:
+    """The seed contract: answered at once; the line is written in the background."""
+    event_id = uuid.uuid4().hex
+    event = LogEvent(
+        event_id=event_id,
+        log_group=payload.log_group,
+        log_stream=payload.log_stream,
+        timestamp=int(time.time() * 1000),
+        message=render_message(
+            level=payload.level.value, message=payload.log_message, event_id=event_id
+        ),
+    )
+    _submit(pipeline, settings, [event]).add_done_callback(_report_background_results)
+    return QueuedResponse()
+
+
+@router.post("/v1/logs", response_model=BatchResponse)
+async def post_batch(
+    payload: BatchRequest, pipeline: PipelineDep, settings: SettingsDep
+) -> BatchResponse:
+    """Write a batch and answer once every event is written or rejected, one result each."""
+    if len(payload.events) > settings.max_events_per_request:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            detail=f"events: at most {settings.max_events_per_request} events per request",
+        )
+    events = [
+        LogEvent(
+            event_id=item.event_id,
+            log_group=item.log_group,
+            log_stream=item.log_stream,
+            timestamp=item.timestamp,
+            message=render_message(
+                level=item.level.value,
+                message=item.message,
+                event_id=item.event_id,
+                logger=item.logger,
+                fields=item.fields,
+            ),
+        )
+        for item in payload.events
+    ]
+    # shield: a client that hangs up must not cancel the write of what it handed over.
+    results = await asyncio.shield(_submit(pipeline, settings, events))
+    outputs = [
+        EventResultOut(
+            event_id=result.event_id,
+            status=result.outcome.value,
+            reason=result.reason.value if result.reason else None,
+            detail=result.detail,
+        )
+        for result in results
+    ]
+    written = sum(1 for result in results if result.written)
+    return BatchResponse(written=written, rejected=len(results) - written, results=outputs)

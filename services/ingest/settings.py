@@ -1,0 +1,35 @@
+"""Ingest service settings, from ``CLOUDLOG_INGEST_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_INGEST_PORT = 8080
+# A batch call carries at most as many events as one PutLogEvents (10,000, AWS PutLogEvents docs).
+MAX_EVENTS_PER_REQUEST = 10_000
+
+
+class IngestSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLOUDLOG_INGEST_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_INGEST_PORT, ge=0, le=65535)
+    # Events accepted but not yet written, across all requests. Past it: 429 + Retry-After.
+    max_pending_events: int = Field(default=200_000, ge=1)
+    # How many events one group commit hands to the writer at most.
+    max_commit_events: int = Field(default=50_000, ge=1)
+    max_events_per_request: int = Field(default=MAX_EVENTS_PER_REQUEST, ge=1, le=100_000)
+    # Characters in one message; larger messages are split by the writer, not truncated.
+    max_message_chars: int = Field(default=4 * 1024 * 1024, ge=1)
+    retry_after_seconds: int = Field(default=1, ge=1, le=3600)
+    # On shutdown, how long to finish writing what was accepted.
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
+    log_level: str = "info"
+
+
+@lru_cache
+def get_settings() -> IngestSettings:
+    return IngestSettings()

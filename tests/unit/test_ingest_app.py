@@ -1,0 +1,163 @@
+"""The ingest app in-process with a fake writer: validation, group commit, back-pressure."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.ingest.app import create_app
+from services.ingest.settings import IngestSettings
+from services.writer.models import EventResult, LogEvent, Outcome, RejectReason
+
+
+class FakeWriter:
+    """Records commits; rejects events whose message says so; can be held to build a backlog."""
+
+    def __init__(self) -> None:
+        self.commits: list[list[LogEvent]] = []
+        self.release = threading.Event()
+        self.release.set()
+
+    def write(self, events: Sequence[LogEvent]) -> list[EventResult]:
+        self.release.wait(10)
+        self.commits.append(list(events))
+        return [
+            EventResult(e.event_id, Outcome.REJECTED, RejectReason.INVALID, "told to")
+            if '"reject me"' in e.message
+            else EventResult(e.event_id, Outcome.WRITTEN)
+            for e in events
+        ]
+
+
+@contextmanager
+def running(writer: FakeWriter, **settings: int) -> Iterator[TestClient]:
+    def factory() -> tuple[Callable[..., list[EventResult]], Callable[[], None]]:
+        return writer.write, lambda: None
+
+    app = create_app(IngestSettings(**settings), writer_factory=factory)
+    with TestClient(app) as client:
+        yield client
+
+
+def batch_event(n: int, message: str = "m") -> dict[str, object]:
+    return {
+        "event_id": f"e{n}",
+        "timestamp": 1_700_000_000_000 + n,
+        "log_group": "g",
+        "log_stream": "s",
+        "message": message,
+        "level": "INFO",
+        "logger": "app",
+        "fields": {"n": n},
+    }
+
+
+def test_batch_returns_one_result_per_event_in_order() -> None:
+    writer = FakeWriter()
+    with running(writer) as client:
+        events = [batch_event(0), batch_event(1, "reject me"), batch_event(2)]
+        body = client.post("/v1/logs", json={"events": events}).json()
+    assert [r["event_id"] for r in body["results"]] == ["e0", "e1", "e2"]
+    assert [r["status"] for r in body["results"]] == ["written", "rejected", "written"]
+    assert body["results"][1]["reason"] == "invalid"
+    assert (body["written"], body["rejected"]) == (2, 1)
+
+
+def test_events_are_rendered_as_json_with_level_message_and_fields() -> None:
+    writer = FakeWriter()
+    with running(writer) as client:
+        client.post("/v1/logs", json={"events": [batch_event(5, "hé 🚀")]})
+    (event,) = writer.commits[0]
+    assert json.loads(event.message) == {
+        "level": "info",
+        "message": "hé 🚀",
+        "event_id": "e5",
+        "logger": "app",
+        "fields": {"n": 5},
+    }
+    assert (event.log_group, event.log_stream, event.timestamp) == ("g", "s", 1_700_000_000_005)
+
+
+def test_seed_contract_is_queued_and_written_by_shutdown() -> None:
+    writer = FakeWriter()
+    with running(writer) as client:
+        response = client.post(
+            "/logs",
+            json={"log_group": "g", "log_stream": "s", "log_message": "hi", "level": "error"},
+        )
+        assert response.json() == {"status": "queued"}
+    written = [e for commit in writer.commits for e in commit]
+    assert [json.loads(e.message)["message"] for e in written] == ["hi"]
+    assert json.loads(written[0].message)["level"] == "error"
+
+
+def test_requests_arriving_during_a_write_share_the_next_commit() -> None:
+    writer = FakeWriter()
+    writer.release.clear()
+    with running(writer) as client:
+        threads = [
+            threading.Thread(
+                target=client.post,
+                args=("/v1/logs",),
+                kwargs={"json": {"events": [batch_event(n)]}},
+            )
+            for n in range(6)
+        ]
+        for thread in threads:
+            thread.start()
+        threading.Timer(0.3, writer.release.set).start()
+        for thread in threads:
+            thread.join(10)
+    assert sum(len(c) for c in writer.commits) == 6
+    assert len(writer.commits) < 6, "the held commit let the others gather into fewer commits"
+
+
+def test_over_the_pending_bound_is_a_429_with_retry_after() -> None:
+    writer = FakeWriter()
+    writer.release.clear()
+    with running(writer, max_pending_events=2, retry_after_seconds=3) as client:
+        pipeline = client.app.state.pipeline  # type: ignore[attr-defined]
+        first = threading.Thread(
+            target=client.post,
+            args=("/v1/logs",),
+            kwargs={"json": {"events": [batch_event(0), batch_event(1)]}},
+        )
+        first.start()
+        deadline = time.monotonic() + 10
+        while pipeline.pending_events < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        response = client.post("/v1/logs", json={"events": [batch_event(2)]})
+        writer.release.set()
+        first.join(10)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "3"
+    assert [e.event_id for c in writer.commits for e in c] == ["e0", "e1"]
+
+
+@pytest.mark.parametrize(
+    ("event_change", "error"),
+    [
+        ({"timestamp": -1}, "events.0.timestamp"),
+        ({"event_id": ""}, "events.0.event_id"),
+        ({"level": "verbose"}, "events.0.level"),
+        ({"log_group": "aws/x"}, "events.0.log_group"),
+    ],
+)
+def test_bad_batch_fields_are_named(event_change: dict[str, object], error: str) -> None:
+    with running(FakeWriter()) as client:
+        response = client.post("/v1/logs", json={"events": [{**batch_event(0), **event_change}]})
+    assert response.status_code == 422
+    assert response.json()["errors"][0].startswith(error + ":")
+
+
+def test_empty_batch_is_refused() -> None:
+    with running(FakeWriter()) as client:
+        response = client.post("/v1/logs", json={"events": []})
+    assert response.status_code == 422
+    assert response.json()["errors"][0].startswith("events:")
