@@ -1,0 +1,109 @@
+"""Settings of the Flask extension (``CLOUDLOG_*`` keys in ``app.config``, environment as fallback)
+and of the Celery worker (``CLOUDLOG_*`` environment variables)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cloudlog.aws import DEFAULT_REGION, AwsSettings
+from cloudlog.broker import DEFAULT_QUEUE_NAME, BrokerSettings
+
+# SQS: a message body is at most 262,144 bytes on queues that keep the old MaximumMessageSize
+# default, up to 1 MiB where raised (SQS developer guide, "Amazon SQS message quotas").
+DEFAULT_MAX_TASK_BYTES = 262_144
+LOGGING_LEVEL_NAMES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class OverflowPolicy(StrEnum):
+    DROP_OLDEST = "drop_oldest"
+    BLOCK = "block"
+
+
+class ExtensionSettings(BaseSettings):
+    """Every ``CLOUDLOG_*`` key the extension reads, with its default."""
+
+    model_config = SettingsConfigDict(env_prefix="CLOUDLOG_", extra="ignore")
+
+    log_group: str | None = None  # default: "cloudlog/<app name>"
+    log_stream: str | None = None  # default: the host name
+    level: str = "INFO"
+    attach_to_app_logger: bool = True
+    broker_url: str | None = None
+    queue_name: str = DEFAULT_QUEUE_NAME
+    aws_endpoint_url: str | None = None
+    aws_region: str = DEFAULT_REGION
+    buffer_max_events: int = Field(default=10_000, ge=1)
+    buffer_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    overflow_policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST
+    block_timeout: float = Field(default=0.05, ge=0, le=10)
+    batch_max_events: int = Field(default=1_000, ge=1, le=10_000)
+    max_task_bytes: int = Field(default=DEFAULT_MAX_TASK_BYTES, ge=16_384, le=1_048_576)
+    flush_interval: float = Field(default=0.2, gt=0, le=60)
+    shutdown_timeout: float = Field(default=5.0, ge=0, le=300)
+    publish_retry_max_seconds: float = Field(default=10.0, gt=0, le=300)
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LOGGING_LEVEL_NAMES:
+            raise ValueError(f"must be one of {', '.join(LOGGING_LEVEL_NAMES)}")
+        return value.upper()
+
+    def aws(self) -> AwsSettings:
+        return AwsSettings(aws_endpoint_url=self.aws_endpoint_url, aws_region=self.aws_region)
+
+    def broker(self) -> BrokerSettings:
+        return BrokerSettings(broker_url=self.broker_url, queue_name=self.queue_name)
+
+    @classmethod
+    def config_keys(cls) -> dict[str, str]:
+        """``app.config`` key -> field name."""
+        return {f"CLOUDLOG_{name.upper()}": name for name in cls.model_fields}
+
+
+class WorkerSettings(BaseSettings):
+    """The Celery worker that delivers batches to the ingest service."""
+
+    model_config = SettingsConfigDict(env_prefix="CLOUDLOG_", extra="ignore")
+
+    ingest_url: str = "http://127.0.0.1:8080"
+    api_key: str | None = None
+    worker_concurrency: int = Field(default=4, ge=1, le=256)
+    worker_pool: str = "threads"
+    http_connect_timeout: float = Field(default=5.0, gt=0, le=60)
+    # Ingest answers after the write; a commit under throttling may take a while.
+    http_read_timeout: float = Field(default=60.0, gt=0, le=900)
+    max_retries: int = Field(default=20, ge=0, le=1000)
+    retry_backoff_base: float = Field(default=1.0, gt=0, le=60)
+    retry_backoff_max: float = Field(default=300.0, gt=0, le=3600)
+
+    @field_validator("worker_pool")
+    @classmethod
+    def _known_pool(cls, value: str) -> str:
+        if value not in ("threads", "prefork", "solo"):
+            raise ValueError("must be threads, prefork or solo")
+        return value
+
+    @model_validator(mode="after")
+    def _positive_backoff(self) -> WorkerSettings:
+        if self.retry_backoff_max < self.retry_backoff_base:
+            raise ValueError("retry_backoff_max must be at least retry_backoff_base")
+        return self
+
+    def longest_task_seconds(self) -> float:
+        """One run (an HTTP call) plus the longest retry countdown."""
+        return self.http_connect_timeout + self.http_read_timeout + self.retry_backoff_max
+
+
+def check_visibility_timeout(worker: WorkerSettings, broker: BrokerSettings) -> None:
+    """SQS redelivers a message still being worked on once its visibility timeout passes."""
+    needed = worker.longest_task_seconds()
+    if broker.visibility_timeout <= needed:
+        raise ValueError(
+            f"CLOUDLOG_VISIBILITY_TIMEOUT ({broker.visibility_timeout} s) must exceed the longest "
+            f"task run plus retry countdown ({needed:.0f} s): raise it or lower "
+            "CLOUDLOG_HTTP_READ_TIMEOUT / CLOUDLOG_RETRY_BACKOFF_MAX"
+        )

@@ -1,0 +1,129 @@
+"""The delivery task the queue consumers run: POST a batch to the ingest service.
+
+The SQS message is acknowledged only after ingest answered that every event of the batch was
+written or rejected (``acks_late``); a worker that dies mid-task leaves the message to be
+delivered again (``reject_on_worker_lost``). Connection errors, 5xx and 429 are retried with
+exponential backoff and full jitter (honouring ``Retry-After``), up to ``max_retries``;
+other 4xx answers are not retried: the batch is reported refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from typing import Any
+
+import httpx
+from celery import Celery, Task
+
+from clients.flask_ext.celery_app import DELIVER_TASK_NAME
+from clients.flask_ext.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+BATCH_PATH = "/v1/logs"
+
+
+class IngestUnavailable(Exception):
+    """Ingest could not take the batch now (connection error, 5xx, 429)."""
+
+
+class HttpClientHolder:
+    """One keep-alive HTTP client per process (a client must not cross a fork)."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self._settings = settings
+        self._client: httpx.Client | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def get(self) -> httpx.Client:
+        if self._client is None or self._pid != os.getpid():
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    headers = {"User-Agent": "cloudlog-worker"}
+                    if self._settings.api_key:
+                        headers["Authorization"] = f"Bearer {self._settings.api_key}"
+                    self._client = httpx.Client(
+                        base_url=self._settings.ingest_url,
+                        headers=headers,
+                        timeout=httpx.Timeout(
+                            self._settings.http_read_timeout,
+                            connect=self._settings.http_connect_timeout,
+                        ),
+                        limits=httpx.Limits(max_connections=self._settings.worker_concurrency * 2),
+                    )
+                    self._pid = os.getpid()
+        return self._client
+
+
+def retry_countdown(retries: int, settings: WorkerSettings, retry_after: float | None) -> float:
+    """Full-jitter exponential backoff, capped; never sooner than the server's Retry-After."""
+    ceiling = min(settings.retry_backoff_max, settings.retry_backoff_base * 2 ** min(retries, 30))
+    countdown = random.uniform(0, ceiling)
+    if retry_after is not None:
+        countdown = max(countdown, min(retry_after, settings.retry_backoff_max))
+    return countdown
+
+
+def parse_retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def register_tasks(app: Celery, settings: WorkerSettings) -> Task:
+    http = HttpClientHolder(settings)
+
+    @app.task(
+        name=DELIVER_TASK_NAME,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        max_retries=settings.max_retries,
+    )
+    def deliver_batch(self: Task, events: list[dict[str, Any]]) -> dict[str, Any]:
+        retry_after: float | None = None
+        try:
+            response = http.get().post(BATCH_PATH, json={"events": events})
+        except httpx.TransportError as exc:
+            error: Exception = IngestUnavailable(f"ingest unreachable: {exc!r}")
+        else:
+            status = response.status_code
+            if status == 200:
+                body = response.json()
+                for result in body.get("results", []):
+                    if result.get("status") != "written":
+                        logger.warning(
+                            "event %s rejected: %s %s",
+                            result.get("event_id"),
+                            result.get("reason"),
+                            result.get("detail") or "",
+                        )
+                return {"written": body.get("written", 0), "rejected": body.get("rejected", 0)}
+            if status != 429 and status < 500:
+                logger.error(
+                    "ingest refused a batch of %d events with %d: %s",
+                    len(events),
+                    status,
+                    response.text[:2000],
+                )
+                return {"written": 0, "refused": len(events), "status": status}
+            retry_after = parse_retry_after(response)
+            error = IngestUnavailable(f"ingest answered {status}")
+        countdown = retry_countdown(self.request.retries, settings, retry_after)
+        logger.warning(
+            "batch of %d events: %s; retry %d/%d in %.1f s",
+            len(events),
+            error,
+            self.request.retries + 1,
+            settings.max_retries,
+            countdown,
+        )
+        raise self.retry(exc=error, countdown=countdown)
+
+    return deliver_batch

@@ -1,0 +1,3 @@
+from cloudlog.cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""The ``cloudlog`` command line."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+import click
+
+from cloudlog.emulator import DEFAULT_EMULATOR_PORT
+
+DEFAULT_APP_PORT = 5000
+
+
+@click.group()
+@click.version_option(package_name="cloudlog")
+def cli() -> None:
+    """cloudlog: Flask logs to AWS CloudWatch Logs through SQS, Celery and an ingest service."""
+
+
+@cli.command()
+@click.option("--port", default=DEFAULT_EMULATOR_PORT, show_default=True, help="Port on 127.0.0.1.")
+def emulator(port: int) -> None:
+    """Run the embedded AWS endpoint (moto: SQS + CloudWatch Logs) and create the queues."""
+    from cloudlog.emulator import run_emulator
+
+    run_emulator(port)
+
+
+@cli.command()
+@click.option(
+    "--host", default=None, help="Bind address [default: CLOUDLOG_INGEST_HOST or 127.0.0.1]."
+)
+@click.option(
+    "--port", type=int, default=None, help="Port [default: CLOUDLOG_INGEST_PORT or 8080]."
+)
+def ingest(host: str | None, port: int | None) -> None:
+    """Run the ingest service (FastAPI under uvicorn)."""
+    import uvicorn
+
+    from services.ingest.settings import get_settings
+
+    settings = get_settings()
+    uvicorn.run(
+        "services.ingest.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=settings.port if port is None else port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+    )
+
+
+@cli.command()
+@click.option("--concurrency", type=int, default=None, help="Worker threads [default: 4].")
+@click.option("--loglevel", default="INFO", show_default=True)
+def worker(concurrency: int | None, loglevel: str) -> None:
+    """Run a Celery worker that consumes the SQS queue and delivers batches to ingest."""
+    from clients.flask_ext.worker import run_worker
+
+    run_worker(concurrency=concurrency, loglevel=loglevel)
+
+
+@cli.command()
+@click.argument("group")
+@click.option("--stream", default=None, help="Only this stream.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
+@click.option("--raw", is_flag=True, help="Print messages as stored (JSON), not formatted.")
+def tail(group: str, stream: str | None, follow: bool, raw: bool) -> None:
+    """Print events of GROUP read back from CloudWatch Logs."""
+    from cloudlog.aws import AwsSettings, make_client
+    from cloudlog.tail import tail as run_tail
+
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow quietly
+        run_tail(
+            make_client("logs", AwsSettings()),
+            group,
+            stream=stream,
+            follow=follow,
+            raw=raw,
+            emit=click.echo,
+        )
+
+
+@cli.command()
+@click.option("--emulator-port", default=DEFAULT_EMULATOR_PORT, show_default=True)
+@click.option("--ingest-port", default=8080, show_default=True)
+@click.option("--app-port", default=DEFAULT_APP_PORT, show_default=True)
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
+@click.option(
+    "--log-dir", type=click.Path(path_type=Path), default=Path(".cloudlog-dev"), show_default=True
+)
+def dev(
+    emulator_port: int, ingest_port: int, app_port: int, duration: float | None, log_dir: Path
+) -> None:
+    """Run the whole pipeline with a demo app and print events read back from CloudWatch."""
+    from cloudlog.dev import run_dev
+
+    sys.exit(
+        run_dev(
+            emulator_port=emulator_port,
+            ingest_port=ingest_port,
+            app_port=app_port,
+            duration=duration,
+            log_dir=log_dir,
+        )
+    )
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,95 @@
+"""The whole pipeline on this machine: emulator, ingest and worker as real child processes.
+
+Used by ``cloudlog dev``, the integration tests and the benchmarks, so they all run the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cloudlog.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    ProcessFailed,
+    cloudlog_command,
+    pipeline_env,
+    port_in_use,
+)
+
+WORKER_READY_TEXT = "ready."  # Celery prints "celery@host ready." once it consumes
+
+
+class LocalPipeline:
+    def __init__(
+        self,
+        *,
+        log_dir: Path,
+        emulator_port: int,
+        ingest_port: int,
+        aws_endpoint_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        """``aws_endpoint_url``: where ingest and the worker reach AWS (a proxy in front of the
+        emulator, say); by default the emulator itself."""
+        self.log_dir = log_dir
+        self.emulator_port = emulator_port
+        self.ingest_port = ingest_port
+        self.emulator_url = f"http://{LOOPBACK}:{emulator_port}"
+        self.aws_endpoint_url = aws_endpoint_url or self.emulator_url
+        self.ingest_url = f"http://{LOOPBACK}:{ingest_port}"
+        self.env = pipeline_env(self.aws_endpoint_url, self.ingest_url, **(extra_env or {}))
+        self.emulator: ManagedProcess | None = None
+        self.ingest: ManagedProcess | None = None
+        self.worker: ManagedProcess | None = None
+
+    def _check_free(self, port: int, what: str) -> None:
+        if port_in_use(port):
+            raise ProcessFailed(f"port {port} for the {what} is already in use on {LOOPBACK}")
+
+    def start_emulator(self) -> ManagedProcess:
+        self._check_free(self.emulator_port, "emulator")
+        self.emulator = ManagedProcess(
+            "emulator",
+            cloudlog_command("emulator", "--port", str(self.emulator_port)),
+            env=self.env,
+            log_dir=self.log_dir,
+        ).start()
+        self.emulator.wait_for_log("emulator ready", timeout=30)
+        return self.emulator
+
+    def start_ingest(self) -> ManagedProcess:
+        self._check_free(self.ingest_port, "ingest service")
+        self.ingest = ManagedProcess(
+            "ingest",
+            cloudlog_command("ingest", "--port", str(self.ingest_port)),
+            env=self.env,
+            log_dir=self.log_dir,
+        ).start()
+        self.ingest.wait_until_ready(f"{self.ingest_url}/healthz", timeout=30)
+        return self.ingest
+
+    def start_worker(self, concurrency: int = 4) -> ManagedProcess:
+        self.worker = ManagedProcess(
+            "worker",
+            cloudlog_command("worker", "--concurrency", str(concurrency), "--loglevel", "INFO"),
+            env=self.env,
+            log_dir=self.log_dir,
+        ).start()
+        self.worker.wait_for_log(WORKER_READY_TEXT, timeout=60)
+        return self.worker
+
+    def start(self) -> LocalPipeline:
+        try:
+            self.start_emulator()
+            self.start_ingest()
+            self.start_worker()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop in the order data flows out: worker, ingest, then the emulator."""
+        for process in (self.worker, self.ingest, self.emulator):
+            if process is not None:
+                process.stop()

@@ -1,0 +1,72 @@
+"""Shared fixtures: the real pipeline (emulator, ingest, worker as processes) for integration."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudlog.aws import AwsSettings, make_client
+from cloudlog.localpipeline import LocalPipeline
+from cloudlog.processes import free_port
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPipeline]:
+    """Emulator, uvicorn ingest and a Celery worker, as real processes on free loopback ports."""
+    log_dir = Path(tmp_path_factory.mktemp("pipeline-logs"))
+    running = LocalPipeline(log_dir=log_dir, emulator_port=free_port(), ingest_port=free_port())
+    running.start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def logs_client(pipeline: LocalPipeline) -> Any:
+    return make_client("logs", AwsSettings(aws_endpoint_url=pipeline.emulator_url))
+
+
+@pytest.fixture
+def unique_group() -> str:
+    """A log group of this test's own, so tests sharing the emulator do not see each other."""
+    return f"cloudlog-test/{uuid.uuid4().hex[:12]}"
+
+
+def read_stream(client: Any, group: str, stream: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {
+            "logGroupName": group,
+            "logStreamName": stream,
+            "startFromHead": True,
+        }
+        if token:
+            kwargs["nextToken"] = token
+        page = client.get_log_events(**kwargs)
+        events.extend(page["events"])
+        if page.get("nextForwardToken") in (None, token) or not page["events"]:
+            return events
+        token = page["nextForwardToken"]
+
+
+def wait_for(
+    probe: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.2, what: str = ""
+) -> Any:
+    """Poll until ``probe`` returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except Exception as exc:  # the group may not exist yet
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what or probe}: last={last!r}")
