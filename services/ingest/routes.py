@@ -8,6 +8,7 @@ import time
 import uuid
 
 from fastapi import APIRouter, HTTPException, status
+from fastapi.exceptions import RequestValidationError
 
 from services.ingest.deps import PipelineDep, SettingsDep
 from services.ingest.pipeline import Overloaded, ShuttingDown, WritePipeline
@@ -46,6 +47,25 @@ def _submit(
         ) from None
 
 
+def _check_message_lengths(
+    settings: IngestSettings, located: list[tuple[tuple[str | int, ...], str]]
+) -> None:
+    """422, in the same shape as schema errors, for messages over ``max_message_chars``."""
+    limit = settings.max_message_chars
+    errors = [
+        {
+            "loc": ("body", *location),
+            "msg": f"String should have at most {limit} characters",
+            "type": "string_too_long",
+            "input": None,
+        }
+        for location, message in located
+        if len(message) > limit
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+
+
 def _report_background_results(future: asyncio.Future[list[EventResult]]) -> None:
     if future.cancelled():
         return
@@ -64,6 +84,7 @@ async def post_log(
     payload: SeedLogRequest, pipeline: PipelineDep, settings: SettingsDep
 ) -> QueuedResponse:
     """The seed contract: answered at once; the line is written in the background."""
+    _check_message_lengths(settings, [(("log_message",), payload.log_message)])
     event_id = uuid.uuid4().hex
     event = LogEvent(
         event_id=event_id,
@@ -84,10 +105,20 @@ async def post_batch(
 ) -> BatchResponse:
     """Write a batch and answer once every event is written or rejected, one result each."""
     if len(payload.events) > settings.max_events_per_request:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            detail=f"events: at most {settings.max_events_per_request} events per request",
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("body", "events"),
+                    "msg": f"List should have at most {settings.max_events_per_request} items",
+                    "type": "too_long",
+                    "input": None,
+                }
+            ]
         )
+    _check_message_lengths(
+        settings,
+        [(("events", i, "message"), item.message) for i, item in enumerate(payload.events)],
+    )
     events = [
         LogEvent(
             event_id=item.event_id,

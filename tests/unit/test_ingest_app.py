@@ -161,3 +161,22 @@ def test_empty_batch_is_refused() -> None:
         response = client.post("/v1/logs", json={"events": []})
     assert response.status_code == 422
     assert response.json()["errors"][0].startswith("events:")
+
+
+def test_messages_over_the_configured_length_are_a_422_naming_the_field() -> None:
+    with running(FakeWriter(), max_message_chars=10, max_events_per_request=2) as client:
+        too_long = client.post("/v1/logs", json={"events": [batch_event(0, "x" * 11)]})
+        too_many = client.post("/v1/logs", json={"events": [batch_event(n) for n in range(3)]})
+        seed = client.post(
+            "/logs", json={"log_group": "g", "log_stream": "s", "log_message": "y" * 11}
+        )
+        fits = client.post("/v1/logs", json={"events": [batch_event(0, "x" * 10)]})
+    assert too_long.status_code == 422
+    assert too_long.json()["errors"] == [
+        "events.0.message: String should have at most 10 characters"
+    ]
+    assert too_many.status_code == 422
+    assert too_many.json()["errors"] == ["events: List should have at most 2 items"]
+    assert seed.status_code == 422
+    assert seed.json()["errors"] == ["log_message: String should have at most 10 characters"]
+    assert fits.status_code == 200
