@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from pathlib import Path
 
@@ -42,6 +43,9 @@ def ingest(host: str | None, port: int | None) -> None:
     from services.ingest.settings import get_settings
 
     settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(
         "services.ingest.app:create_app",
         factory=True,
@@ -106,6 +110,40 @@ def dev(
             log_dir=log_dir,
         )
     )
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter queue: batches the worker gave up on."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=100, show_default=True, help="At most this many messages.")
+def dlq_list(limit: int) -> None:
+    """Print one JSON object per dead-lettered batch (they stay in the queue)."""
+    import json
+
+    from cloudlog.aws import AwsSettings, make_client
+    from cloudlog.broker import BrokerSettings
+    from cloudlog.dlq import list_dead_letters
+
+    sqs = make_client("sqs", AwsSettings())
+    for letter in list_dead_letters(sqs, BrokerSettings(), limit):
+        click.echo(json.dumps(letter.as_dict()))
+
+
+@dlq.command("replay")
+@click.option("--limit", default=1000, show_default=True, help="At most this many messages.")
+def dlq_replay(limit: int) -> None:
+    """Send dead-lettered batches back to the queue with a fresh retry budget."""
+    import json
+
+    from cloudlog.aws import AwsSettings, make_client
+    from cloudlog.broker import BrokerSettings
+    from cloudlog.dlq import replay
+
+    moved = replay(make_client("sqs", AwsSettings()), BrokerSettings(), limit)
+    click.echo(json.dumps({"replayed": moved}))
 
 
 def main() -> None:

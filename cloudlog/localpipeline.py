@@ -26,18 +26,27 @@ class LocalPipeline:
         log_dir: Path,
         emulator_port: int,
         ingest_port: int,
-        aws_endpoint_url: str | None = None,
+        sqs_endpoint_url: str | None = None,
+        logs_endpoint_url: str | None = None,
         extra_env: dict[str, str] | None = None,
+        external_endpoint_url: str | None = None,
     ) -> None:
-        """``aws_endpoint_url``: where ingest and the worker reach AWS (a proxy in front of the
-        emulator, say); by default the emulator itself."""
+        """``sqs_endpoint_url``: where the worker reaches SQS; ``logs_endpoint_url``: where ingest
+        reaches CloudWatch Logs (a fault proxy in front of the emulator, say). Both default to
+        the emulator itself. ``extra_env``: ``CLOUDLOG_*`` settings for every process.
+        ``external_endpoint_url``: an AWS endpoint that already runs, with the queues created
+        (LocalStack, say): no emulator is started and ``emulator_url`` is that endpoint."""
         self.log_dir = log_dir
         self.emulator_port = emulator_port
         self.ingest_port = ingest_port
-        self.emulator_url = f"http://{LOOPBACK}:{emulator_port}"
-        self.aws_endpoint_url = aws_endpoint_url or self.emulator_url
+        self.external = external_endpoint_url is not None
+        self.emulator_url = external_endpoint_url or f"http://{LOOPBACK}:{emulator_port}"
+        self.sqs_endpoint_url = sqs_endpoint_url or self.emulator_url
+        self.logs_endpoint_url = logs_endpoint_url or self.emulator_url
         self.ingest_url = f"http://{LOOPBACK}:{ingest_port}"
-        self.env = pipeline_env(self.aws_endpoint_url, self.ingest_url, **(extra_env or {}))
+        extra = {"CLOUDLOG_INGEST_JOURNAL_PATH": str(log_dir / "ingest.journal")}
+        extra.update(extra_env or {})
+        self.env = pipeline_env(self.emulator_url, self.ingest_url, **extra)
         self.emulator: ManagedProcess | None = None
         self.ingest: ManagedProcess | None = None
         self.worker: ManagedProcess | None = None
@@ -62,7 +71,7 @@ class LocalPipeline:
         self.ingest = ManagedProcess(
             "ingest",
             cloudlog_command("ingest", "--port", str(self.ingest_port)),
-            env=self.env,
+            env={**self.env, "CLOUDLOG_AWS_ENDPOINT_URL": self.logs_endpoint_url},
             log_dir=self.log_dir,
         ).start()
         self.ingest.wait_until_ready(f"{self.ingest_url}/healthz", timeout=30)
@@ -72,7 +81,7 @@ class LocalPipeline:
         self.worker = ManagedProcess(
             "worker",
             cloudlog_command("worker", "--concurrency", str(concurrency), "--loglevel", "INFO"),
-            env=self.env,
+            env={**self.env, "CLOUDLOG_AWS_ENDPOINT_URL": self.sqs_endpoint_url},
             log_dir=self.log_dir,
         ).start()
         self.worker.wait_for_log(WORKER_READY_TEXT, timeout=60)
@@ -80,7 +89,8 @@ class LocalPipeline:
 
     def start(self) -> LocalPipeline:
         try:
-            self.start_emulator()
+            if not self.external:
+                self.start_emulator()
             self.start_ingest()
             self.start_worker()
         except BaseException:

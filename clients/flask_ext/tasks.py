@@ -5,6 +5,11 @@ written or rejected (``acks_late``); a worker that dies mid-task leaves the mess
 delivered again (``reject_on_worker_lost``). Connection errors, 5xx and 429 are retried with
 exponential backoff and full jitter (honouring ``Retry-After``), up to ``max_retries``;
 other 4xx answers are not retried: the batch is reported refused.
+
+Past ``max_retries`` the task rejects its message with requeue: SQS makes it visible again
+after ``CLOUDLOG_WAIT_TIME_SECONDS``, each new receive makes one more real attempt, and once it
+has been received ``CLOUDLOG_MAX_RECEIVE_COUNT`` times the queue's redrive policy moves it to the
+dead-letter queue (see ``cloudlog dlq``). Nothing is deleted unwritten.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 import httpx
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 from clients.flask_ext.celery_app import DELIVER_TASK_NAME
 from clients.flask_ext.settings import WorkerSettings
@@ -115,6 +121,14 @@ def register_tasks(app: Celery, settings: WorkerSettings) -> Task:
                 return {"written": 0, "refused": len(events), "status": status}
             retry_after = parse_retry_after(response)
             error = IngestUnavailable(f"ingest answered {status}")
+        if self.request.retries >= settings.max_retries:
+            logger.error(
+                "batch of %d events: %s after %d retries; leaving it to the dead-letter queue",
+                len(events),
+                error,
+                self.request.retries,
+            )
+            raise Reject(str(error), requeue=True)
         countdown = retry_countdown(self.request.retries, settings, retry_after)
         logger.warning(
             "batch of %d events: %s; retry %d/%d in %.1f s",

@@ -2,29 +2,48 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.ingest import health, routes
+from services.ingest.journal import DeliveryJournal, ReadBack
 from services.ingest.pipeline import WriteFunction, WritePipeline
+from services.ingest.readback import event_ids_in_stream
 from services.ingest.settings import IngestSettings, get_settings
 from services.writer import CloudWatchWriter, WriterSettings, make_logs_client
 
 logger = logging.getLogger(__name__)
 
-# Builds the write function and returns it with its closer; tests may pass their own.
-WriterFactory = Callable[[], tuple[WriteFunction, Callable[[], None]]]
+
+@dataclass(frozen=True, slots=True)
+class WriterHandle:
+    write: WriteFunction
+    close: Callable[[], None]
+    read_back: ReadBack  # event ids already stored in a stream's time range
 
 
-def default_writer_factory() -> tuple[WriteFunction, Callable[[], None]]:
+# Builds the writer; tests may pass their own.
+WriterFactory = Callable[[], WriterHandle]
+
+
+def default_writer_factory() -> WriterHandle:
     writer_settings = WriterSettings()
-    writer = CloudWatchWriter(make_logs_client(writer_settings), writer_settings)
-    return writer.write, writer.close
+    client = make_logs_client(writer_settings)
+    writer = CloudWatchWriter(client, writer_settings)
+    return WriterHandle(
+        write=writer.write,
+        close=writer.close,
+        read_back=lambda group, stream, start, end: event_ids_in_stream(
+            client, group, stream, start, end
+        ),
+    )
 
 
 def _field_path(location: tuple[int | str, ...]) -> str:
@@ -51,11 +70,19 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        write, close_writer = build_writer()
+        writer = build_writer()
+        journal = DeliveryJournal(
+            settings.journal_path,
+            max_entries=settings.journal_max_entries,
+            ttl_seconds=settings.journal_ttl_seconds,
+        )
+        recovery = await asyncio.to_thread(journal.open, writer.read_back)
+        logger.info("journal: %s", recovery)
         pipeline = WritePipeline(
-            write,
+            writer.write,
             max_pending_events=settings.max_pending_events,
             max_commit_events=settings.max_commit_events,
+            journal=journal,
         )
         pipeline.start()
         app.state.pipeline = pipeline
@@ -63,7 +90,8 @@ def create_app(
             yield
         finally:
             await pipeline.stop(settings.shutdown_timeout_seconds)
-            close_writer()
+            writer.close()
+            journal.close()
 
     app = FastAPI(title="cloudlog ingest", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from services.writer.models import EventResult, LogEvent
+from services.ingest.journal import DeliveryJournal
+from services.writer.models import EventResult, LogEvent, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +36,23 @@ class _Submission:
     future: asyncio.Future[list[EventResult]]
 
 
+DUPLICATE_DETAIL = "duplicate: already written"
+
+
 class WritePipeline:
-    def __init__(self, write: WriteFunction, *, max_pending_events: int, max_commit_events: int):
+    def __init__(
+        self,
+        write: WriteFunction,
+        *,
+        max_pending_events: int,
+        max_commit_events: int,
+        journal: DeliveryJournal | None = None,
+    ):
         self._write = write
+        if journal is None:  # not `journal or ...`: an empty journal has len() 0 and is falsy
+            journal = DeliveryJournal(None, max_entries=100_000, ttl_seconds=3600)
+        self._journal = journal
+        self.duplicates = 0
         self._max_pending_events = max_pending_events
         self._max_commit_events = max_commit_events
         self._queue: asyncio.Queue[_Submission | None] = asyncio.Queue()
@@ -78,6 +93,29 @@ class WritePipeline:
                 self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def _commit(self, events: list[LogEvent]) -> list[EventResult]:
+        """Write what was not written before; journal the commit around the write."""
+        results: list[EventResult | None] = [None] * len(events)
+        fresh_positions = []
+        for position, event in enumerate(events):
+            if self._journal.written(event):
+                results[position] = EventResult(
+                    event.event_id, Outcome.WRITTEN, None, DUPLICATE_DETAIL
+                )
+            else:
+                fresh_positions.append(position)
+        self.duplicates += len(events) - len(fresh_positions)
+        if fresh_positions:
+            fresh = [events[position] for position in fresh_positions]
+            commit = self._journal.begin(fresh)
+            written = self._write(fresh)
+            self._journal.finish(
+                commit, [e for e, r in zip(fresh, written, strict=True) if r.written]
+            )
+            for position, result in zip(fresh_positions, written, strict=True):
+                results[position] = result
+        return [result for result in results if result is not None]
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         stopping = False
@@ -96,7 +134,7 @@ class WritePipeline:
                 count += len(item.events)
             events = [event for submission in commit for event in submission.events]
             try:
-                results = await loop.run_in_executor(self._executor, self._write, events)
+                results = await loop.run_in_executor(self._executor, self._commit, events)
             except Exception as exc:
                 logger.exception("writer failed on a commit of %d events", len(events))
                 for submission in commit:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_INGEST_PORT = 8080
@@ -28,6 +29,16 @@ class IngestSettings(BaseSettings):
     # On shutdown, how long to finish writing what was accepted.
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0)
     log_level: str = "info"
+    # Durable idempotency across restarts (see journal.py); empty: in memory only.
+    journal_path: Path | None = Path(".cloudlog-state/ingest.journal")
+    journal_max_entries: int = Field(default=1_000_000, ge=1_000)
+    # Must outlast the redelivery horizon: the worker's retries plus the visibility timeout.
+    journal_ttl_seconds: float = Field(default=6 * 3600, gt=0)
+
+    @field_validator("journal_path", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 @lru_cache

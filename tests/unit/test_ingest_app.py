@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from services.ingest.app import create_app
+from services.ingest.app import WriterHandle, create_app
 from services.ingest.settings import IngestSettings
 from services.writer.models import EventResult, LogEvent, Outcome, RejectReason
 
@@ -37,10 +38,10 @@ class FakeWriter:
 
 @contextmanager
 def running(writer: FakeWriter, **settings: int) -> Iterator[TestClient]:
-    def factory() -> tuple[Callable[..., list[EventResult]], Callable[[], None]]:
-        return writer.write, lambda: None
+    def factory() -> WriterHandle:
+        return WriterHandle(write=writer.write, close=lambda: None, read_back=lambda *_: set())
 
-    app = create_app(IngestSettings(**settings), writer_factory=factory)
+    app = create_app(IngestSettings(journal_path=None, **settings), writer_factory=factory)
     with TestClient(app) as client:
         yield client
 
@@ -180,3 +181,29 @@ def test_messages_over_the_configured_length_are_a_422_naming_the_field() -> Non
     assert seed.status_code == 422
     assert seed.json()["errors"] == ["log_message: String should have at most 10 characters"]
     assert fits.status_code == 200
+
+
+def test_a_redelivered_batch_is_answered_written_without_a_second_write() -> None:
+    writer = FakeWriter()
+    with running(writer) as client:
+        first = client.post("/v1/logs", json={"events": [batch_event(1), batch_event(2)]}).json()
+        again = client.post("/v1/logs", json={"events": [batch_event(2), batch_event(3)]}).json()
+    assert first["written"] == 2
+    assert [r["status"] for r in again["results"]] == ["written", "written"]
+    assert again["results"][0]["detail"] == "duplicate: already written"
+    assert [e.event_id for c in writer.commits for e in c] == ["e1", "e2", "e3"]
+
+
+def test_the_configured_journal_file_is_the_one_written(tmp_path: Path) -> None:
+    writer = FakeWriter()
+    journal_path = tmp_path / "ingest.journal"
+
+    def factory() -> WriterHandle:
+        return WriterHandle(write=writer.write, close=lambda: None, read_back=lambda *_: set())
+
+    app = create_app(IngestSettings(journal_path=journal_path), writer_factory=factory)
+    with TestClient(app) as client:
+        client.post("/v1/logs", json={"events": [batch_event(1)]})
+    records = [json.loads(line) for line in journal_path.read_text().splitlines()]
+    assert {record["t"] for record in records} >= {"done"}
+    assert any(record.get("keys") for record in records)
