@@ -28,6 +28,8 @@ KOMBU_SQS_ENCODING_FACTOR = (4 / 3) ** 2
 # Celery's headers and properties around the body, generously (measured about 1.5 KB).
 TASK_ENVELOPE_BYTES = 4_096
 PUBLISH_BACKOFF_BASE_S = 0.1
+# How long a fork waits for a publish in flight (a publish is bounded by the broker timeouts).
+FORK_WAIT_S = 15.0
 MAX_BACKOFF_EXPONENT = 16  # 2**16 * 0.1 s is far past any cap; keeps the float finite
 
 Publish = Callable[[list[dict[str, Any]]], None]
@@ -124,6 +126,9 @@ class Dispatcher:
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
+        # Held while publishing; a fork waits for it (see before_fork).
+        self._publishing = threading.Lock()
+        self._held_for_fork = False
         self.published_events = 0
         self.published_tasks = 0
         self.publish_failures = 0
@@ -149,8 +154,25 @@ class Dispatcher:
                 )
                 self._thread.start()
 
+    def before_fork(self) -> None:
+        """Never fork in the middle of a publish.
+
+        A child forked while this thread publishes inherits the locks it held (connection
+        pools, the per-module import locks of kombu's and botocore's lazy imports) with no
+        thread left to release them; its first publish would deadlock. Seen with gunicorn
+        ``--preload``, whose master logs while it forks the workers.
+        """
+        self._held_for_fork = self._publishing.acquire(timeout=FORK_WAIT_S)
+
+    def after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._publishing.release()
+
     def reset_after_fork(self) -> None:
         """In a forked child the parent's thread does not exist: start afresh on first use."""
+        self._publishing = threading.Lock()
+        self._held_for_fork = False
         self._thread = None
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
@@ -178,7 +200,8 @@ class Dispatcher:
         attempt = 0
         while True:
             try:
-                self._publish(batch)
+                with self._publishing:
+                    self._publish(batch)
             except Exception as exc:
                 self.publish_failures += 1
                 if attempt == 0:

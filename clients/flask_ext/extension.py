@@ -159,6 +159,14 @@ class CloudLogState:
 def _register_fork_and_exit_hooks(state: CloudLogState) -> None:
     ref = weakref.ref(state)
 
+    def before_fork() -> None:
+        if (alive := ref()) is not None:
+            alive.dispatcher.before_fork()
+
+    def after_fork_in_parent() -> None:
+        if (alive := ref()) is not None:
+            alive.dispatcher.after_fork_in_parent()
+
     def after_fork() -> None:
         if (alive := ref()) is not None:
             alive._after_fork_in_child()
@@ -167,7 +175,9 @@ def _register_fork_and_exit_hooks(state: CloudLogState) -> None:
         if (alive := ref()) is not None:
             alive.close()
 
-    os.register_at_fork(after_in_child=after_fork)
+    os.register_at_fork(
+        before=before_fork, after_in_parent=after_fork_in_parent, after_in_child=after_fork
+    )
     atexit.register(at_exit)
 
 

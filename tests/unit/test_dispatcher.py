@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -125,3 +126,32 @@ def test_close_gives_up_within_its_timeout_and_counts_what_it_abandoned() -> Non
 def test_json_size_matches_the_ascii_escaped_encoding(size: int) -> None:
     value = {"m": "ü🚀" * size}
     assert json_size(value) == len(json.dumps(value, separators=(",", ":")).encode("ascii"))
+
+
+def test_a_fork_waits_for_the_publish_in_flight() -> None:
+    """Forking mid-publish would leave the child with locks no thread releases."""
+    started = threading.Event()
+    order: list[str] = []
+
+    def slow_publish(batch: list[dict[str, Any]]) -> None:
+        started.set()
+        time.sleep(0.3)
+        order.append("published")
+
+    buffer = EventBuffer(max_events=100, max_bytes=10**9)
+    dispatcher = Dispatcher(
+        buffer,
+        slow_publish,
+        batch_max_events=10,
+        max_task_bytes=262_144,
+        flush_interval=0.01,
+        publish_retry_max_seconds=0.05,
+    )
+    buffer.put(make_event(1), wake_at=1)
+    dispatcher.ensure_started()
+    assert started.wait(5)
+    dispatcher.before_fork()
+    order.append("fork")
+    dispatcher.after_fork_in_parent()
+    assert order == ["published", "fork"]
+    assert dispatcher.close(timeout=2)
