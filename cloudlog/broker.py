@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloudlog.aws import LOCAL_ENDPOINT_CREDENTIALS, AwsSettings
 
+SQS_TRANSPORT = "cloudlog.sqs_transport:Transport"
 DEFAULT_QUEUE_NAME = "cloudlog"
 DEFAULT_DEAD_LETTER_QUEUE_NAME = "cloudlog-dlq"
 # SQS: VisibilityTimeout 0 s .. 12 h (SQS developer guide, "Amazon SQS visibility timeout").
@@ -80,6 +81,8 @@ def celery_broker_config(broker: BrokerSettings, aws: AwsSettings) -> dict[str, 
     """The Celery settings both publisher and worker share: SQS, JSON only, no results."""
     return {
         "broker_url": broker_url_for(broker, aws),
+        # kombu's SQS transport, made to keep polling after a failed receive (see the module).
+        "broker_transport": SQS_TRANSPORT,
         "broker_transport_options": transport_options_for(broker, aws),
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 5.0,
