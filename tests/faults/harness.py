@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from flask import Flask
 
@@ -18,6 +18,7 @@ from clients.flask_ext import CloudLog, CloudLogState
 from cloudlog.aws import AwsSettings, make_client
 from cloudlog.localpipeline import LocalPipeline
 from cloudlog.processes import free_port
+from cloudlog.testing.awsproxy import AwsProxy
 
 # Short timeouts so that redelivery happens within a test: the longest task run plus retry
 # countdown (2 + 8 + 5 s) stays under the visibility timeout (20 s), as the worker checks.
@@ -40,6 +41,7 @@ def fault_pipeline(
     sqs_endpoint_url: str | None = None,
     logs_endpoint_url: str | None = None,
     emulator_port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[LocalPipeline]:
     pipeline = LocalPipeline(
         log_dir=tmp_path / "logs",
@@ -47,13 +49,26 @@ def fault_pipeline(
         ingest_port=free_port(),
         sqs_endpoint_url=sqs_endpoint_url,
         logs_endpoint_url=logs_endpoint_url,
-        extra_env=FAULT_ENV,
+        extra_env={**FAULT_ENV, **(env or {})},
     )
     try:
         pipeline.start()
         yield pipeline
     finally:
         pipeline.stop()
+
+
+@contextmanager
+def pipeline_behind_proxy(
+    tmp_path: Path, service: Literal["sqs", "logs"], **proxy_options: Any
+) -> Iterator[tuple[LocalPipeline, AwsProxy]]:
+    """A fault pipeline whose SQS (app and worker) or CloudWatch Logs (ingest) traffic goes
+    through an ``AwsProxy`` in front of the emulator."""
+    emulator_port = free_port()
+    with AwsProxy(f"http://127.0.0.1:{emulator_port}", **proxy_options) as proxy:
+        endpoint = {f"{service}_endpoint_url": proxy.url}
+        with fault_pipeline(tmp_path, emulator_port=emulator_port, **endpoint) as pipeline:  # type: ignore[arg-type]
+            yield pipeline, proxy
 
 
 class NumberedLines:
@@ -77,6 +92,7 @@ class NumberedLines:
         self.state: CloudLogState = self.app.extensions["cloudlog"]
         self.client = self.app.test_client()
         self.emitted = 0
+        self.slowest_request_s = 0.0
 
         @self.app.get("/log/<int:number>")
         def log_line(number: int) -> str:
@@ -103,7 +119,10 @@ class NumberedLines:
 
     @contextmanager
     def emitting_in_background(self, count: int, per_second: float) -> Iterator[threading.Thread]:
-        thread = threading.Thread(target=self.emit_paced, args=(count, per_second), daemon=True)
+        def run() -> None:
+            self.slowest_request_s = self.emit_paced(count, per_second)
+
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         try:
             yield thread

@@ -13,9 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from cloudlog.processes import free_port
 from cloudlog.testing.awsproxy import AwsProxy
-from tests.faults.harness import NumberedLines, assert_exactly_once, fault_pipeline, wait_for_lines
+from tests.faults.harness import (
+    NumberedLines,
+    assert_exactly_once,
+    fault_pipeline,
+    pipeline_behind_proxy,
+    wait_for_lines,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -24,13 +29,7 @@ STALL_S = 3.0
 
 
 def test_ingest_killed_after_putlogevents_was_sent_but_before_it_answered(tmp_path: Path) -> None:
-    emulator_port = free_port()
-    with (
-        AwsProxy(f"http://127.0.0.1:{emulator_port}", seed=3) as logs_proxy,
-        fault_pipeline(
-            tmp_path, emulator_port=emulator_port, logs_endpoint_url=logs_proxy.url
-        ) as pipeline,
-    ):
+    with pipeline_behind_proxy(tmp_path, "logs", seed=3) as (pipeline, logs_proxy):
         lines = NumberedLines(pipeline.emulator_url)
         for number in range(100):
             lines.emit(number)
