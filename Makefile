@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test unit integration lint typecheck format clean
+.PHONY: install dev test unit integration lint typecheck format clean localstack-up localstack-down test-localstack infra-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cloudlog needs Python 3.11 or newer")'
@@ -41,3 +41,20 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .cloudlog-dev *.egg-info
+
+# --- infra (issue 7): LocalStack, Docker images, CloudFormation --------------------------------
+LOCALSTACK_ENDPOINT ?= http://127.0.0.1:4566
+
+localstack-up: $(STAMP)  ## LocalStack (SQS + CloudWatch Logs) on 127.0.0.1:4566, queues created
+	infra/localstack/up.sh
+
+localstack-down:  ## stop the LocalStack that localstack-up started (idempotent)
+	infra/localstack/down.sh
+
+test-localstack: $(STAMP)  ## the end-to-end tests against a running LocalStack (make localstack-up)
+	@$(PY) -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/_localstack/health", timeout=3)' $(LOCALSTACK_ENDPOINT) 2>/dev/null \
+		|| { echo "no LocalStack answers on $(LOCALSTACK_ENDPOINT): run 'make localstack-up' first" >&2; exit 1; }
+	CLOUDLOG_TEST_AWS_ENDPOINT_URL=$(LOCALSTACK_ENDPOINT) $(PY) -m pytest tests/integration -m integration
+
+infra-test: $(STAMP)  ## the infra checks: compose file, CloudFormation template (cfn-lint)
+	$(PY) -m pytest tests/infra

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,12 +15,23 @@ from cloudlog.aws import AwsSettings, make_client
 from cloudlog.localpipeline import LocalPipeline
 from cloudlog.processes import free_port
 
+# Set (``make test-localstack``): the pipeline uses this running endpoint, not its own emulator.
+EXTERNAL_ENDPOINT_ENV = "CLOUDLOG_TEST_AWS_ENDPOINT_URL"
+
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPipeline]:
-    """Emulator, uvicorn ingest and a Celery worker, as real processes on free loopback ports."""
+    """Emulator, uvicorn ingest and a Celery worker, as real processes on free loopback ports.
+
+    With ``CLOUDLOG_TEST_AWS_ENDPOINT_URL`` set, no emulator: ingest and the worker use that
+    endpoint (LocalStack from ``make localstack-up``, its queues already created)."""
     log_dir = Path(tmp_path_factory.mktemp("pipeline-logs"))
-    running = LocalPipeline(log_dir=log_dir, emulator_port=free_port(), ingest_port=free_port())
+    running = LocalPipeline(
+        log_dir=log_dir,
+        emulator_port=free_port(),
+        ingest_port=free_port(),
+        external_endpoint_url=os.environ.get(EXTERNAL_ENDPOINT_ENV) or None,
+    )
     running.start()
     yield running
     running.stop()

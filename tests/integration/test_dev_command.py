@@ -44,4 +44,9 @@ def test_dev_prints_read_back_events_and_stops_every_child(tmp_path: Path) -> No
     assert {1, 2, 3, 4, 5} <= paid, result.stdout  # a request a second for 12 s, each read back
     assert lines[-1] == "stopped: emulator, ingest and worker have exited"
     assert not any(port_in_use(port) for port in ports)
-    assert {p.name for p in tmp_path.iterdir()} == {"emulator.log", "ingest.log", "worker.log"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "emulator.log",
+        "ingest.log",
+        "worker.log",
+        "ingest.journal",  # ingest's idempotency journal lives with the run, not in the cwd
+    }
