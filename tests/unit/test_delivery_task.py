@@ -1,0 +1,111 @@
+"""The delivery task against a scripted HTTP server on loopback: what it retries and not."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from celery import Celery
+from celery.exceptions import Reject
+
+from clients.flask_ext.settings import WorkerSettings
+from clients.flask_ext.tasks import register_tasks, retry_countdown
+
+EVENTS = [{"event_id": "e1", "timestamp": 1, "log_group": "g", "log_stream": "s", "message": "m"}]
+
+
+class ScriptedIngest:
+    """Answers each POST with the next (status, headers) of its script; records the calls."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+        self.script = list(script)
+        self.calls: list[dict[str, Any]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.calls.append({"body": body, "auth": self.headers.get("Authorization")})
+                status, headers = owner.script.pop(0) if owner.script else (200, {})
+                payload = json.dumps({"written": 1, "rejected": 0, "results": []}).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def make_task() -> Iterator[Any]:
+    servers: list[ScriptedIngest] = []
+
+    def build(
+        script: list[tuple[int, dict[str, str]]], **settings: Any
+    ) -> tuple[Any, ScriptedIngest]:
+        ingest = ScriptedIngest(script)
+        servers.append(ingest)
+        app = Celery("test", set_as_current=False)
+        app.conf.task_always_eager = True
+        worker = WorkerSettings(
+            ingest_url=ingest.url, retry_backoff_base=0.01, retry_backoff_max=0.02, **settings
+        )
+        return register_tasks(app, worker), ingest
+
+    yield build
+    for server in servers:
+        server.close()
+
+
+def test_a_200_is_delivered_once_with_the_api_key(make_task: Any) -> None:
+    task, ingest = make_task([(200, {})], api_key="k-123")
+    assert task.apply(args=[EVENTS]).get() == {"written": 1, "rejected": 0}
+    assert len(ingest.calls) == 1
+    assert ingest.calls[0] == {"body": {"events": EVENTS}, "auth": "Bearer k-123"}
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_5xx_and_429_are_retried_until_ingest_takes_the_batch(make_task: Any, status: int) -> None:
+    task, ingest = make_task([(status, {}), (status, {}), (200, {})])
+    assert task.apply(args=[EVENTS]).get()["written"] == 1
+    assert len(ingest.calls) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 413, 422])
+def test_other_4xx_are_not_retried(make_task: Any, status: int) -> None:
+    task, ingest = make_task([(status, {})])
+    result = task.apply(args=[EVENTS]).get()
+    assert result == {"written": 0, "refused": 1, "status": status}
+    assert len(ingest.calls) == 1
+
+
+def test_past_max_retries_the_message_is_rejected_for_the_dead_letter_queue(
+    make_task: Any,
+) -> None:
+    task, ingest = make_task([(503, {})] * 10, max_retries=2)
+    outcome = task.apply(args=[EVENTS])
+    assert isinstance(outcome.result, Reject) and outcome.result.requeue is True
+    assert len(ingest.calls) == 3  # the first try and two retries
+
+
+def test_retry_after_is_honoured_and_capped() -> None:
+    settings = WorkerSettings(retry_backoff_base=0.5, retry_backoff_max=30)
+    assert all(retry_countdown(0, settings, retry_after=7) >= 7 for _ in range(50))
+    assert all(retry_countdown(0, settings, retry_after=900) <= 30 for _ in range(50))
+    assert all(0 <= retry_countdown(3, settings, None) <= 4.0 for _ in range(200))
+    assert all(retry_countdown(50, settings, None) <= 30 for _ in range(50))
