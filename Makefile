@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test unit integration lint typecheck format clean localstack-up localstack-down test-localstack infra-test
+.PHONY: install dev test unit integration faults lint typecheck format clean localstack-up localstack-down test-localstack infra-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cloudlog needs Python 3.11 or newer")'
@@ -27,6 +27,9 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(PY) -m pytest tests/integration
+
+faults: $(STAMP)
+	$(PY) -m pytest tests/faults
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
