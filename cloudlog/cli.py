@@ -6,10 +6,14 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cloudlog.emulator import DEFAULT_EMULATOR_PORT
+
+if TYPE_CHECKING:
+    from cloudlog.tenants import TenantRegistry
 
 DEFAULT_APP_PORT = 5000
 
@@ -110,6 +114,86 @@ def dev(
             log_dir=log_dir,
         )
     )
+
+
+@cli.group()
+def tenant() -> None:
+    """The tenant registry (CLOUDLOG_TENANTS_PATH): who may write, where, how fast."""
+
+
+def _registry() -> TenantRegistry:
+    from cloudlog.tenants import TenantRegistry, TenantSettings
+
+    return TenantRegistry.load(TenantSettings().tenants_path)
+
+
+@tenant.command("create")
+@click.argument("name")
+@click.option("--prefix", default=None, help="Log group prefix [default: NAME/].")
+@click.option("--rate", type=float, default=None, help="Events per second [default: 2000].")
+@click.option("--burst", type=int, default=None, help="Events at once [default: 20000].")
+@click.option("--retention-days", type=int, default=None, help="Retention of groups it creates.")
+@click.option("--kms-key-id", default=None, help="KMS key of groups it creates.")
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag of groups it creates.")
+def tenant_create(
+    name: str,
+    prefix: str | None,
+    rate: float | None,
+    burst: int | None,
+    retention_days: int | None,
+    kms_key_id: str | None,
+    tags: tuple[str, ...],
+) -> None:
+    """Add a tenant and print its API key, once: only its SHA-256 is stored."""
+    import json
+
+    from cloudlog.tenants import DEFAULT_BURST, DEFAULT_RATE, TenantError
+
+    parsed_tags = {}
+    for tag in tags:
+        key, separator, value = tag.partition("=")
+        if not separator or not key:
+            raise click.BadParameter(f"{tag!r} is not KEY=VALUE", param_hint="--tag")
+        parsed_tags[key] = value
+    registry = _registry()
+    try:
+        created, api_key = registry.create(
+            name,
+            log_group_prefix=prefix,
+            rate=DEFAULT_RATE if rate is None else rate,
+            burst=DEFAULT_BURST if burst is None else burst,
+            retention_days=retention_days,
+            kms_key_id=kms_key_id,
+            tags=parsed_tags,
+        )
+    except TenantError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps({**created.public(), "api_key": api_key}))
+    click.echo("Keep the api_key now: it is not stored and cannot be shown again.", err=True)
+
+
+@tenant.command("list")
+def tenant_list() -> None:
+    """One JSON line per tenant (no keys, no key hashes)."""
+    import json
+
+    for entry in _registry().tenants():
+        click.echo(json.dumps(entry.public()))
+
+
+@tenant.command("revoke")
+@click.argument("name")
+def tenant_revoke(name: str) -> None:
+    """Revoke a tenant's key; ingest refuses it within CLOUDLOG_TENANTS_RELOAD_SECONDS."""
+    import json
+
+    from cloudlog.tenants import TenantError
+
+    try:
+        revoked = _registry().revoke(name)
+    except TenantError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(revoked.public()))
 
 
 @cli.group()

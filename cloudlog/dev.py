@@ -64,12 +64,13 @@ def run_dev(
         app_url = f"http://{LOOPBACK}:{app_port}"
         say(f"  demo app   {app_url}  (GET /checkout/<n>, GET /fail)", flush=True)
         say(
-            f"reading back from CloudWatch Logs group {DEMO_LOG_GROUP} (Ctrl-C to stop):",
+            f"reading back from CloudWatch Logs group {pipeline.stored_group(DEMO_LOG_GROUP)} "
+            f"(tenant {pipeline.tenant.name!r}; Ctrl-C to stop):",
             flush=True,
         )
 
         logs = make_client("logs", AwsSettings(aws_endpoint_url=pipeline.emulator_url))
-        follower = Follower(logs, DEMO_LOG_GROUP)
+        follower = Follower(logs, pipeline.stored_group(DEMO_LOG_GROUP))
         started = time.monotonic()
         next_request = started
         orders = itertools.count(1)

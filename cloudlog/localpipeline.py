@@ -15,8 +15,13 @@ from cloudlog.processes import (
     pipeline_env,
     port_in_use,
 )
+from cloudlog.tenants import Tenant, TenantRegistry
 
-WORKER_READY_TEXT = "ready."  # Celery prints "celery@host ready." once it consumes
+WORKER_READY_TEXT = "ready."
+LOCAL_TENANT = "local"
+# High enough that tests and benchmarks measure the pipeline, not the quota.
+LOCAL_TENANT_RATE = 1_000_000.0
+LOCAL_TENANT_BURST = 1_000_000  # Celery prints "celery@host ready." once it consumes
 
 
 class LocalPipeline:
@@ -44,12 +49,29 @@ class LocalPipeline:
         self.sqs_endpoint_url = sqs_endpoint_url or self.emulator_url
         self.logs_endpoint_url = logs_endpoint_url or self.emulator_url
         self.ingest_url = f"http://{LOOPBACK}:{ingest_port}"
-        extra = {"CLOUDLOG_INGEST_JOURNAL_PATH": str(log_dir / "ingest.journal")}
+        self.tenant, self.api_key = self._provision_tenant(log_dir / "tenants.json")
+        extra = {
+            "CLOUDLOG_INGEST_JOURNAL_PATH": str(log_dir / "ingest.journal"),
+            "CLOUDLOG_TENANTS_PATH": str(log_dir / "tenants.json"),
+            "CLOUDLOG_API_KEY": self.api_key,
+        }
         extra.update(extra_env or {})
         self.env = pipeline_env(self.emulator_url, self.ingest_url, **extra)
         self.emulator: ManagedProcess | None = None
         self.ingest: ManagedProcess | None = None
         self.worker: ManagedProcess | None = None
+
+    @staticmethod
+    def _provision_tenant(path: Path) -> tuple[Tenant, str]:
+        """A fresh registry with one tenant, whose key the worker uses (CLOUDLOG_API_KEY)."""
+        path.unlink(missing_ok=True)
+        return TenantRegistry.load(path).create(
+            LOCAL_TENANT, rate=LOCAL_TENANT_RATE, burst=LOCAL_TENANT_BURST
+        )
+
+    def stored_group(self, group: str) -> str:
+        """Where a group the app names lands in CloudWatch: under the tenant's prefix."""
+        return self.tenant.log_group_prefix + group
 
     def _check_free(self, port: int, what: str) -> None:
         if port_in_use(port):

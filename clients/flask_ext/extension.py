@@ -58,7 +58,9 @@ class CloudLogState:
             policy=settings.overflow_policy,
             block_timeout=settings.block_timeout,
         )
-        self.publisher = publisher or CeleryPublisher(settings.broker(), settings.aws())
+        self.publisher = publisher or CeleryPublisher(
+            settings.broker(), settings.aws(), settings.api_key
+        )
         self.dispatcher = Dispatcher(
             self.buffer,
             self.publisher,

@@ -14,7 +14,10 @@ from cloudlog.broker import BrokerSettings
 
 
 class CeleryPublisher:
-    def __init__(self, broker: BrokerSettings, aws: AwsSettings) -> None:
+    def __init__(
+        self, broker: BrokerSettings, aws: AwsSettings, api_key: str | None = None
+    ) -> None:
+        self._kwargs = {"api_key": api_key} if api_key else {}
         self._broker = broker
         self._aws = aws
         self._app: Celery | None = None
@@ -32,7 +35,11 @@ class CeleryPublisher:
 
     def __call__(self, batch: list[dict[str, Any]]) -> None:
         self._celery().send_task(
-            DELIVER_TASK_NAME, args=[batch], queue=self._broker.queue_name, retry=False
+            DELIVER_TASK_NAME,
+            args=[batch],
+            kwargs=self._kwargs,
+            queue=self._broker.queue_name,
+            retry=False,
         )
 
     def reset_after_fork(self) -> None:

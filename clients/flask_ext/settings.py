@@ -35,6 +35,8 @@ class ExtensionSettings(BaseSettings):
     queue_name: str = DEFAULT_QUEUE_NAME
     aws_endpoint_url: str | None = None
     aws_region: str = DEFAULT_REGION
+    # The tenant's key, sent with each batch; unset: the worker's own CLOUDLOG_API_KEY.
+    api_key: str | None = None
     buffer_max_events: int = Field(default=10_000, ge=1)
     buffer_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     overflow_policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST

@@ -92,10 +92,14 @@ def register_tasks(app: Celery, settings: WorkerSettings) -> Task:
         reject_on_worker_lost=True,
         max_retries=settings.max_retries,
     )
-    def deliver_batch(self: Task, events: list[dict[str, Any]]) -> dict[str, Any]:
+    def deliver_batch(
+        self: Task, events: list[dict[str, Any]], api_key: str | None = None
+    ) -> dict[str, Any]:
+        """``api_key``: the app's tenant key, sent with the batch; else the worker's own."""
         retry_after: float | None = None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         try:
-            response = http.get().post(BATCH_PATH, json={"events": events})
+            response = http.get().post(BATCH_PATH, json={"events": events}, headers=headers)
         except httpx.TransportError as exc:
             error: Exception = IngestUnavailable(f"ingest unreachable: {exc!r}")
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,12 +13,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from cloudlog.tenants import TenantRegistry, TenantSettings
 from services.ingest import health, routes
+from services.ingest.bodylimit import BodySizeLimit
 from services.ingest.journal import DeliveryJournal, ReadBack
 from services.ingest.pipeline import WriteFunction, WritePipeline
+from services.ingest.quotas import Quotas
 from services.ingest.readback import event_ids_in_stream
 from services.ingest.settings import IngestSettings, get_settings
-from services.writer import CloudWatchWriter, WriterSettings, make_logs_client
+from services.writer import CloudWatchWriter, GroupOptions, WriterSettings, make_logs_client
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +33,15 @@ class WriterHandle:
     read_back: ReadBack  # event ids already stored in a stream's time range
 
 
-# Builds the writer; tests may pass their own.
-WriterFactory = Callable[[], WriterHandle]
+GroupOptionsFor = Callable[[str], GroupOptions]
+# Builds the writer, given the options for groups it creates; tests may pass their own.
+WriterFactory = Callable[[GroupOptionsFor], WriterHandle]
 
 
-def default_writer_factory() -> WriterHandle:
+def default_writer_factory(group_options: GroupOptionsFor) -> WriterHandle:
     writer_settings = WriterSettings()
     client = make_logs_client(writer_settings)
-    writer = CloudWatchWriter(client, writer_settings)
+    writer = CloudWatchWriter(client, writer_settings, group_options=group_options)
     return WriterHandle(
         write=writer.write,
         close=writer.close,
@@ -62,15 +67,46 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": detail, "errors": messages})
 
 
+def tenant_group_options(registry: TenantRegistry, defaults: GroupOptions) -> GroupOptionsFor:
+    """Retention, tags and KMS key for a group: its tenant's, else the writer's defaults."""
+
+    def options(group: str) -> GroupOptions:
+        tenant = registry.owner_of(group)
+        if tenant is None:
+            return defaults
+        return GroupOptions(
+            retention_days=tenant.retention_days or defaults.retention_days,
+            kms_key_id=tenant.kms_key_id or defaults.kms_key_id,
+            tags={**defaults.tags, **tenant.tags},
+        )
+
+    return options
+
+
 def create_app(
-    settings: IngestSettings | None = None, writer_factory: WriterFactory | None = None
+    settings: IngestSettings | None = None,
+    writer_factory: WriterFactory | None = None,
+    tenant_settings: TenantSettings | None = None,
 ) -> FastAPI:
     settings = settings or get_settings()
+    tenant_settings = tenant_settings or TenantSettings()
     build_writer = writer_factory or default_writer_factory
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        writer = build_writer()
+        registry = TenantRegistry.load(tenant_settings.tenants_path)
+        if not registry.tenants():
+            logger.warning(
+                "no tenants in %s: every request will be refused (cloudlog tenant create NAME)",
+                tenant_settings.tenants_path,
+            )
+        app.state.tenants = registry
+        app.state.tenants_checked = time.monotonic()
+        app.state.tenants_reload_seconds = tenant_settings.tenants_reload_seconds
+        app.state.quotas = Quotas()
+        writer = build_writer(
+            tenant_group_options(registry, WriterSettings().default_group_options())
+        )
         journal = DeliveryJournal(
             settings.journal_path,
             max_entries=settings.journal_max_entries,
@@ -81,6 +117,7 @@ def create_app(
         pipeline = WritePipeline(
             writer.write,
             max_pending_events=settings.max_pending_events,
+            max_pending_events_per_tenant=settings.max_pending_events_per_tenant,
             max_commit_events=settings.max_commit_events,
             journal=journal,
         )
@@ -96,6 +133,7 @@ def create_app(
     app = FastAPI(title="cloudlog ingest", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router)
     app.include_router(routes.router)
     return app

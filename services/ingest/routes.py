@@ -10,8 +10,11 @@ import uuid
 from fastapi import APIRouter, HTTPException, status
 from fastapi.exceptions import RequestValidationError
 
-from services.ingest.deps import PipelineDep, SettingsDep
+from cloudlog.tenants import Tenant
+from services.ingest.confinement import Refusal, check_stream, resolve_group
+from services.ingest.deps import PipelineDep, QuotasDep, SettingsDep, TenantDep
 from services.ingest.pipeline import Overloaded, ShuttingDown, WritePipeline
+from services.ingest.quotas import Quotas
 from services.ingest.rendering import render_message
 from services.ingest.schemas import (
     BatchRequest,
@@ -27,16 +30,38 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 
+def _confine(tenant: Tenant, group: str, stream: str, location: str = "") -> tuple[str, str]:
+    """The tenant's own group and the stream, or 403 naming the field."""
+    try:
+        return (
+            resolve_group(tenant, group, field=f"{location}log_group"),
+            check_stream(stream, field=f"{location}log_stream"),
+        )
+    except Refusal as refusal:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(refusal)) from None
+
+
 def _submit(
-    pipeline: WritePipeline, settings: IngestSettings, events: list[LogEvent]
+    pipeline: WritePipeline,
+    settings: IngestSettings,
+    quotas: Quotas,
+    tenant: Tenant,
+    events: list[LogEvent],
 ) -> asyncio.Future[list[EventResult]]:
+    wait = quotas.admit(tenant, len(events))
+    if wait:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"over the rate of {tenant.rate:g} events/s (burst {tenant.burst})",
+            headers={"Retry-After": str(wait)},
+        )
     retry_after = {"Retry-After": str(settings.retry_after_seconds)}
     try:
-        return pipeline.submit(events)
+        return pipeline.submit(events, tenant=tenant.name)
     except Overloaded:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"{pipeline.pending_events} events are pending; retry later",
+            detail="too many events are pending; retry later",
             headers=retry_after,
         ) from None
     except ShuttingDown:
@@ -81,27 +106,38 @@ def _report_background_results(future: asyncio.Future[list[EventResult]]) -> Non
 
 @router.post("/logs", response_model=QueuedResponse, status_code=status.HTTP_200_OK)
 async def post_log(
-    payload: SeedLogRequest, pipeline: PipelineDep, settings: SettingsDep
+    payload: SeedLogRequest,
+    tenant: TenantDep,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    quotas: QuotasDep,
 ) -> QueuedResponse:
     """The seed contract: answered at once; the line is written in the background."""
+    group, stream = _confine(tenant, payload.log_group, payload.log_stream)
     _check_message_lengths(settings, [(("log_message",), payload.log_message)])
     event_id = uuid.uuid4().hex
     event = LogEvent(
         event_id=event_id,
-        log_group=payload.log_group,
-        log_stream=payload.log_stream,
+        log_group=group,
+        log_stream=stream,
         timestamp=int(time.time() * 1000),
         message=render_message(
             level=payload.level.value, message=payload.log_message, event_id=event_id
         ),
     )
-    _submit(pipeline, settings, [event]).add_done_callback(_report_background_results)
+    _submit(pipeline, settings, quotas, tenant, [event]).add_done_callback(
+        _report_background_results
+    )
     return QueuedResponse()
 
 
 @router.post("/v1/logs", response_model=BatchResponse)
 async def post_batch(
-    payload: BatchRequest, pipeline: PipelineDep, settings: SettingsDep
+    payload: BatchRequest,
+    tenant: TenantDep,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    quotas: QuotasDep,
 ) -> BatchResponse:
     """Write a batch and answer once every event is written or rejected, one result each."""
     if len(payload.events) > settings.max_events_per_request:
@@ -119,11 +155,15 @@ async def post_batch(
         settings,
         [(("events", i, "message"), item.message) for i, item in enumerate(payload.events)],
     )
+    names = [
+        _confine(tenant, item.log_group, item.log_stream, f"events.{i}.")
+        for i, item in enumerate(payload.events)
+    ]
     events = [
         LogEvent(
             event_id=item.event_id,
-            log_group=item.log_group,
-            log_stream=item.log_stream,
+            log_group=group,
+            log_stream=stream,
             timestamp=item.timestamp,
             message=render_message(
                 level=item.level.value,
@@ -133,10 +173,10 @@ async def post_batch(
                 fields=item.fields,
             ),
         )
-        for item in payload.events
+        for item, (group, stream) in zip(payload.events, names, strict=True)
     ]
     # shield: a client that hangs up must not cancel the write of what it handed over.
-    results = await asyncio.shield(_submit(pipeline, settings, events))
+    results = await asyncio.shield(_submit(pipeline, settings, quotas, tenant, events))
     outputs = [
         EventResultOut(
             event_id=result.event_id,

@@ -20,6 +20,10 @@ class IngestSettings(BaseSettings):
     port: int = Field(default=DEFAULT_INGEST_PORT, ge=0, le=65535)
     # Events accepted but not yet written, across all requests. Past it: 429 + Retry-After.
     max_pending_events: int = Field(default=200_000, ge=1)
+    # The same, per tenant: one tenant's backlog cannot fill the service for the others.
+    max_pending_events_per_tenant: int = Field(default=100_000, ge=1)
+    # Request bodies over this many bytes are refused with 413 before they are parsed.
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # How many events one group commit hands to the writer at most.
     max_commit_events: int = Field(default=50_000, ge=1)
     max_events_per_request: int = Field(default=MAX_EVENTS_PER_REQUEST, ge=1, le=100_000)

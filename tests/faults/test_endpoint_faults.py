@@ -30,7 +30,9 @@ def test_cloudwatch_throttling_failing_and_stalling(tmp_path: Path) -> None:
         lines = NumberedLines(pipeline.emulator_url)
         lines.emit_paced(lines_total, per_second=150)
         assert lines.close()
-        counts = wait_for_lines(pipeline.emulator_url, lines.group, lines.stream, lines_total)
+        counts = wait_for_lines(
+            pipeline.emulator_url, pipeline.stored_group(lines.group), lines.stream, lines_total
+        )
         injected = logs_proxy.injected()
         violations = logs_proxy.violations()
     assert_exactly_once(counts, lines_total)
@@ -49,7 +51,9 @@ def test_sqs_down_for_20_seconds_while_the_app_keeps_logging(tmp_path: Path) -> 
             sqs_proxy.up()
         assert lines.close(), lines.state.stats()
         stats = lines.state.stats()
-        counts = wait_for_lines(pipeline.emulator_url, lines.group, lines.stream, lines_total)
+        counts = wait_for_lines(
+            pipeline.emulator_url, pipeline.stored_group(lines.group), lines.stream, lines_total
+        )
     assert_exactly_once(counts, lines_total)
     assert stats["publish_failures"] > 0, "the outage was felt by the publisher"
     assert stats["dropped_events"] == 0
@@ -70,7 +74,10 @@ def test_buffer_full_under_drop_policy_loses_exactly_what_it_counts(tmp_path: Pa
         sqs_proxy.up()
         assert lines.close(), lines.state.stats()
         counts = wait_for_lines(
-            pipeline.emulator_url, lines.group, lines.stream, lines_total - dropped
+            pipeline.emulator_url,
+            pipeline.stored_group(lines.group),
+            lines.stream,
+            lines_total - dropped,
         )
     assert dropped > 0
     assert sum(counts.values()) == len(counts), "no line twice"
@@ -126,5 +133,7 @@ def test_batches_past_max_retries_go_to_the_dead_letter_queue_and_replay(tmp_pat
         replayed = json.loads(cloudlog_cli(pipeline.emulator_url, "dlq", "replay"))
         assert replayed == {"replayed": len(letters)}
         assert cloudlog_cli(pipeline.emulator_url, "dlq", "list") == ""
-        counts = wait_for_lines(pipeline.emulator_url, lines.group, lines.stream, lines_total)
+        counts = wait_for_lines(
+            pipeline.emulator_url, pipeline.stored_group(lines.group), lines.stream, lines_total
+        )
     assert_exactly_once(counts, lines_total)

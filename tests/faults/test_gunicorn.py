@@ -61,9 +61,13 @@ def test_gunicorn_preload_three_workers_each_workers_lines_arrive(tmp_path: Path
             gunicorn.stop()
         assert gunicorn.process.returncode == 0, gunicorn.log_tail()
 
-        counts = wait_for_lines(pipeline.emulator_url, group, "web", LINES + 1)
+        counts = wait_for_lines(
+            pipeline.emulator_url, pipeline.stored_group(group), "web", LINES + 1
+        )
         logs = make_client("logs", AwsSettings(aws_endpoint_url=pipeline.emulator_url))
-        events = logs.get_log_events(logGroupName=group, logStreamName="web", startFromHead=True)
+        events = logs.get_log_events(
+            logGroupName=pipeline.stored_group(group), logStreamName="web", startFromHead=True
+        )
     documents = [json.loads(event["message"]) for event in events["events"]]
 
     counts.pop(999999, None)  # the readiness probe's line

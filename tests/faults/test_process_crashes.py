@@ -36,5 +36,7 @@ def test_component_stopped_mid_run_then_restarted(tmp_path: Path, component: str
             else:
                 pipeline.start_ingest()
         assert lines.close(), lines.state.stats()
-        counts = wait_for_lines(pipeline.emulator_url, lines.group, lines.stream, LINES)
+        counts = wait_for_lines(
+            pipeline.emulator_url, pipeline.stored_group(lines.group), lines.stream, LINES
+        )
     assert_exactly_once(counts, LINES)

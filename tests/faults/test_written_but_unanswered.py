@@ -34,7 +34,9 @@ def test_ingest_killed_after_putlogevents_was_sent_but_before_it_answered(tmp_pa
         for number in range(100):
             lines.emit(number)
         assert lines.state.flush(10)
-        wait_for_lines(pipeline.emulator_url, lines.group, lines.stream, 100, timeout=60)
+        wait_for_lines(
+            pipeline.emulator_url, pipeline.stored_group(lines.group), lines.stream, 100, timeout=60
+        )
 
         logs_proxy.stall("logs.PutLogEvents", seconds=STALL_S)
         for number in range(100, LINES):
@@ -54,7 +56,9 @@ def test_ingest_killed_after_putlogevents_was_sent_but_before_it_answered(tmp_pa
         )
 
         assert lines.close()
-        counts = wait_for_lines(pipeline.emulator_url, lines.group, lines.stream, LINES)
+        counts = wait_for_lines(
+            pipeline.emulator_url, pipeline.stored_group(lines.group), lines.stream, LINES
+        )
     assert_exactly_once(counts, LINES)
 
 
@@ -83,5 +87,11 @@ def test_worker_killed_after_its_batch_reached_ingest_but_before_the_ack(tmp_pat
         pipeline.start_worker()  # SQS redelivers after the visibility timeout
 
         assert lines.close()
-        counts = wait_for_lines(pipeline.emulator_url, lines.group, lines.stream, LINES, timeout=90)
+        counts = wait_for_lines(
+            pipeline.emulator_url,
+            pipeline.stored_group(lines.group),
+            lines.stream,
+            LINES,
+            timeout=90,
+        )
     assert_exactly_once(counts, LINES)

@@ -58,7 +58,7 @@ def test_flask_request_lines_arrive_in_cloudwatch_with_level_and_order(
 
         events = wait_for(
             lambda: (
-                (found := read_stream(logs_client, unique_group, "web-1"))
+                (found := read_stream(logs_client, pipeline.stored_group(unique_group), "web-1"))
                 and len(found) >= 3
                 and found
             ),

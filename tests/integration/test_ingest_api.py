@@ -16,11 +16,16 @@ from tests.conftest import read_stream, wait_for
 pytestmark = pytest.mark.integration
 
 
+def auth(pipeline: LocalPipeline) -> dict[str, str]:
+    return {"Authorization": f"Bearer {pipeline.api_key}"}
+
+
 def test_seed_contract_answers_queued_and_the_line_lands(
     pipeline: LocalPipeline, logs_client: Any, unique_group: str
 ) -> None:
     response = httpx.post(
         f"{pipeline.ingest_url}/logs",
+        headers=auth(pipeline),
         json={
             "log_group": unique_group,
             "log_stream": "seed",
@@ -31,7 +36,10 @@ def test_seed_contract_answers_queued_and_the_line_lands(
     assert response.status_code == 200
     assert response.json() == {"status": "queued"}
 
-    events = wait_for(lambda: read_stream(logs_client, unique_group, "seed"), what="the seed event")
+    events = wait_for(
+        lambda: read_stream(logs_client, pipeline.stored_group(unique_group), "seed"),
+        what="the seed event",
+    )
     assert len(events) == 1
     document = json.loads(events[0]["message"])
     assert document["message"] == "hello from the seed contract"
@@ -55,7 +63,12 @@ def test_batch_answers_only_after_the_events_are_written(
         }
         for i in range(3)
     ]
-    response = httpx.post(f"{pipeline.ingest_url}/v1/logs", json={"events": events}, timeout=30)
+    response = httpx.post(
+        f"{pipeline.ingest_url}/v1/logs",
+        json={"events": events},
+        headers=auth(pipeline),
+        timeout=30,
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["written"] == 3 and body["rejected"] == 0
@@ -63,7 +76,7 @@ def test_batch_answers_only_after_the_events_are_written(
     assert {result["status"] for result in body["results"]} == {"written"}
 
     # No polling: the answer came after the write, so the events are readable now.
-    stored = read_stream(logs_client, unique_group, "batch")
+    stored = read_stream(logs_client, pipeline.stored_group(unique_group), "batch")
     assert [json.loads(event["message"])["message"] for event in stored] == [
         "line 0",
         "line 1",
@@ -93,7 +106,12 @@ def test_batch_reports_too_old_events_rejected_per_event(
             "message": "stale",
         },
     ]
-    body = httpx.post(f"{pipeline.ingest_url}/v1/logs", json={"events": events}, timeout=30).json()
+    body = httpx.post(
+        f"{pipeline.ingest_url}/v1/logs",
+        json={"events": events},
+        headers=auth(pipeline),
+        timeout=30,
+    ).json()
     by_id = {result["event_id"]: result for result in body["results"]}
     assert by_id["fresh-1"]["status"] == "written"
     assert by_id["stale-1"]["status"] == "rejected"
@@ -109,6 +127,23 @@ VALID_SEED = {"log_group": "app/x", "log_stream": "s", "log_message": "m", "leve
     [
         ({"log_message": ""}, "log_message"),
         ({"level": "loud"}, "level"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field(
+    pipeline: LocalPipeline, change: dict[str, str], field: str
+) -> None:
+    response = httpx.post(
+        f"{pipeline.ingest_url}/logs", json={**VALID_SEED, **change}, headers=auth(pipeline)
+    )
+    assert response.status_code == 422
+    body = response.json()
+    assert [error["loc"][-1] for error in body["detail"]] == [field]
+    assert body["errors"][0].startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
         ({"log_group": "bad group!"}, "log_group"),
         ({"log_group": "aws/lambda/x"}, "log_group"),
         ({"log_group": "g" * 513}, "log_group"),
@@ -117,14 +152,23 @@ VALID_SEED = {"log_group": "app/x", "log_stream": "s", "log_message": "m", "leve
         ({"log_stream": ""}, "log_stream"),
     ],
 )
-def test_bad_input_is_a_422_naming_the_field(
+def test_a_refused_group_or_stream_name_is_a_403_naming_the_field(
     pipeline: LocalPipeline, change: dict[str, str], field: str
 ) -> None:
-    response = httpx.post(f"{pipeline.ingest_url}/logs", json={**VALID_SEED, **change})
-    assert response.status_code == 422
-    body = response.json()
-    assert [error["loc"][-1] for error in body["detail"]] == [field]
-    assert body["errors"][0].startswith(f"{field}: ")
+    """Names are checked against the tenant's namespace after authentication (issue 5)."""
+    response = httpx.post(
+        f"{pipeline.ingest_url}/logs", json={**VALID_SEED, **change}, headers=auth(pipeline)
+    )
+    assert response.status_code == 403
+    assert response.json()["detail"].startswith(f"{field}: ")
+
+
+def test_without_a_valid_key_every_endpoint_is_a_401(pipeline: LocalPipeline) -> None:
+    for headers in ({}, {"Authorization": "Bearer cl_wrong"}, {"Authorization": "Basic eA=="}):
+        seed = httpx.post(f"{pipeline.ingest_url}/logs", json=VALID_SEED, headers=headers)
+        batch = httpx.post(f"{pipeline.ingest_url}/v1/logs", json={"events": []}, headers=headers)
+        assert (seed.status_code, batch.status_code) == (401, 401)
+        assert seed.headers["WWW-Authenticate"] == "Bearer"
 
 
 def test_bad_event_in_a_batch_is_a_422_naming_its_position(pipeline: LocalPipeline) -> None:
@@ -135,7 +179,9 @@ def test_bad_event_in_a_batch_is_a_422_naming_its_position(pipeline: LocalPipeli
         "log_stream": "s",
         "message": "",
     }
-    response = httpx.post(f"{pipeline.ingest_url}/v1/logs", json={"events": [event]})
+    response = httpx.post(
+        f"{pipeline.ingest_url}/v1/logs", json={"events": [event]}, headers=auth(pipeline)
+    )
     assert response.status_code == 422
     assert response.json()["errors"] == [
         "events.0.message: String should have at least 1 character"

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from cloudlog.tenants import TenantRegistry, TenantSettings
 from services.ingest.app import WriterHandle, create_app
 from services.ingest.settings import IngestSettings
-from services.writer.models import EventResult, LogEvent, Outcome, RejectReason
+from services.writer.models import EventResult, GroupOptions, LogEvent, Outcome, RejectReason
 
 
 class FakeWriter:
@@ -36,14 +39,39 @@ class FakeWriter:
         ]
 
 
-@contextmanager
-def running(writer: FakeWriter, **settings: int) -> Iterator[TestClient]:
-    def factory() -> WriterHandle:
-        return WriterHandle(write=writer.write, close=lambda: None, read_back=lambda *_: set())
+TENANT_PREFIX = "acme/"
 
-    app = create_app(IngestSettings(journal_path=None, **settings), writer_factory=factory)
-    with TestClient(app) as client:
-        yield client
+
+class AuthedClient:
+    """A TestClient that sends the tenant's key on every call."""
+
+    def __init__(self, client: TestClient, api_key: str) -> None:
+        self.client = client
+        self.app = client.app
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self.client.post(
+            url, headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs
+        )
+
+
+@contextmanager
+def running(writer: FakeWriter, *, rate: float = 1e9, **settings: Any) -> Iterator[AuthedClient]:
+    with tempfile.TemporaryDirectory() as state:
+        tenants_path = Path(state) / "tenants.json"
+        _, api_key = TenantRegistry.load(tenants_path).create("acme", rate=rate, burst=10**9)
+
+        def factory(group_options: Callable[[str], GroupOptions]) -> WriterHandle:
+            return WriterHandle(write=writer.write, close=lambda: None, read_back=lambda *_: set())
+
+        app = create_app(
+            IngestSettings(**{"journal_path": None, **settings}),
+            writer_factory=factory,
+            tenant_settings=TenantSettings(tenants_path=tenants_path),
+        )
+        with TestClient(app) as client:
+            yield AuthedClient(client, api_key)
 
 
 def batch_event(n: int, message: str = "m") -> dict[str, object]:
@@ -82,7 +110,11 @@ def test_events_are_rendered_as_json_with_level_message_and_fields() -> None:
         "logger": "app",
         "fields": {"n": 5},
     }
-    assert (event.log_group, event.log_stream, event.timestamp) == ("g", "s", 1_700_000_000_005)
+    assert (event.log_group, event.log_stream, event.timestamp) == (
+        "acme/g",
+        "s",
+        1_700_000_000_005,
+    )
 
 
 def test_seed_contract_is_queued_and_written_by_shutdown() -> None:
@@ -147,7 +179,6 @@ def test_over_the_pending_bound_is_a_429_with_retry_after() -> None:
         ({"timestamp": -1}, "events.0.timestamp"),
         ({"event_id": ""}, "events.0.event_id"),
         ({"level": "verbose"}, "events.0.level"),
-        ({"log_group": "aws/x"}, "events.0.log_group"),
     ],
 )
 def test_bad_batch_fields_are_named(event_change: dict[str, object], error: str) -> None:
@@ -197,12 +228,7 @@ def test_a_redelivered_batch_is_answered_written_without_a_second_write() -> Non
 def test_the_configured_journal_file_is_the_one_written(tmp_path: Path) -> None:
     writer = FakeWriter()
     journal_path = tmp_path / "ingest.journal"
-
-    def factory() -> WriterHandle:
-        return WriterHandle(write=writer.write, close=lambda: None, read_back=lambda *_: set())
-
-    app = create_app(IngestSettings(journal_path=journal_path), writer_factory=factory)
-    with TestClient(app) as client:
+    with running(writer, journal_path=journal_path) as client:
         client.post("/v1/logs", json={"events": [batch_event(1)]})
     records = [json.loads(line) for line in journal_path.read_text().splitlines()]
     assert {record["t"] for record in records} >= {"done"}

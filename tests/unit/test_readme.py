@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings
 from clients.flask_ext.settings import ExtensionSettings, WorkerSettings
 from cloudlog.aws import AwsSettings
 from cloudlog.broker import BrokerSettings
+from cloudlog.tenants import TenantSettings
 from services.ingest.settings import IngestSettings
 from services.writer.settings import WriterSettings
 
@@ -21,6 +22,7 @@ SETTINGS_CLASSES: list[type[BaseSettings]] = [
     WorkerSettings,
     IngestSettings,
     WriterSettings,
+    TenantSettings,
 ]
 
 

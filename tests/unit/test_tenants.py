@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from cloudlog.tenants import TenantError, TenantRegistry, hash_key
+from services.ingest.bodylimit import BodySizeLimit
+from services.ingest.confinement import Refusal, check_stream, resolve_group
+from services.ingest.quotas import Quotas, TokenBucket
+
+
+def test_the_key_is_returned_once_and_only_its_hash_is_stored(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.json"
+    registry = TenantRegistry.load(path)
+    tenant, key = registry.create("acme", retention_days=7, tags={"t": "1"})
+    text = path.read_text()
+    assert key.startswith("cl_") and key not in text
+    assert hash_key(key) in text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    reloaded = TenantRegistry.load(path)
+    assert reloaded.authenticate(key) == tenant
+    assert reloaded.authenticate(key + "x") is None
+    assert tenant.log_group_prefix == "acme/"
+    assert "key_sha256" not in tenant.public()
+
+
+def test_revoked_keys_stop_authenticating_in_other_processes_views(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.json"
+    writer_view, reader_view = TenantRegistry.load(path), TenantRegistry.load(path)
+    _, key = writer_view.create("acme")
+    assert reader_view.reload() and reader_view.authenticate(key) is not None
+    writer_view.revoke("acme")
+    assert reader_view.reload() and reader_view.authenticate(key) is None
+    assert not reader_view.reload(), "unchanged file: no re-read"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("acme/", "acme/"), ("acme/", "ACME/"), ("acme/", "acme/eu/"), ("acme/eu/", "Acme/")],
+)
+def test_prefixes_may_not_overlap_in_any_case(tmp_path: Path, first: str, second: str) -> None:
+    registry = TenantRegistry.load(tmp_path / "t.json")
+    registry.create("one", log_group_prefix=first)
+    with pytest.raises(TenantError, match="overlaps"):
+        registry.create("two", log_group_prefix=second)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["acme", "/acme/", "acme//", "aws/", "AWS/x/", "a/../", "ac me/", "é/", "x" * 300 + "/"],
+)
+def test_bad_prefixes_are_refused(tmp_path: Path, prefix: str) -> None:
+    with pytest.raises(TenantError):
+        TenantRegistry.load(tmp_path / "t.json").create("one", log_group_prefix=prefix)
+
+
+@pytest.mark.parametrize("name", ["", "Acme", "-x", "a" * 64, "a_b", "a/b"])
+def test_bad_tenant_names_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(TenantError, match="tenant name"):
+        TenantRegistry.load(tmp_path / "t.json").create(name)
+
+
+@pytest.fixture
+def acme(tmp_path: Path) -> object:
+    tenant, _ = TenantRegistry.load(tmp_path / "t.json").create("acme")
+    return tenant
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "", "..", ".", "../x", "a/../b", "a/./b", "a..b", "/a", "a/", "a//b", "aws/x", "AWS/x",
+        "a b", "\uff0e\uff0e", "\u0430cme", "a\u200bb", "a\x00b", "x" * 508,
+    ],
+)  # fmt: skip
+def test_confinement_refuses_every_escape_and_look_alike(acme: object, name: str) -> None:
+    with pytest.raises(Refusal) as refusal:
+        resolve_group(acme, name, field="log_group")  # type: ignore[arg-type]
+    assert refusal.value.field == "log_group"
+
+
+@pytest.mark.parametrize("name", ["app", "app/web", "a.b-c_d#e", "ACME/x", "x" * 507])
+def test_confinement_resolves_under_the_prefix(acme: object, name: str) -> None:
+    assert resolve_group(acme, name, field="g") == "acme/" + name  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stream", ["", "a:b", "a*b", "a\nb", "_rejected", "s" * 513])
+def test_stream_refusals(stream: str) -> None:
+    with pytest.raises(Refusal):
+        check_stream(stream, field="log_stream")
+
+
+def test_token_bucket_admits_a_burst_then_charges_debt() -> None:
+    now = [0.0]
+    bucket = TokenBucket(rate=10, burst=5, clock=lambda: now[0])
+    assert bucket.take(5) == 0
+    assert bucket.take(1) == pytest.approx(0.1)  # empty: wait for one token
+    now[0] += 0.1
+    assert bucket.take(30) == 0  # one token: admitted, 29 in debt
+    assert bucket.take(1) == pytest.approx(3.0)
+    now[0] += 3.0
+    assert bucket.take(1) == 0
+
+
+def test_quotas_follow_a_changed_rate(tmp_path: Path) -> None:
+    registry = TenantRegistry.load(tmp_path / "t.json")
+    tenant, _ = registry.create("acme", rate=1, burst=1)
+    quotas = Quotas(clock=lambda: 0.0)
+    assert quotas.admit(tenant, 1) == 0
+    assert quotas.admit(tenant, 1) == 1
+    faster = dataclasses.replace(tenant, rate=100.0, burst=100)
+    assert quotas.admit(faster, 1) == 0
+
+
+def test_body_limit_refuses_a_chunked_body_past_the_limit() -> None:
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(payload: dict[str, str]) -> dict[str, str]:
+        return payload
+
+    limited = BodySizeLimit(app, max_bytes=1024)  # type: ignore[arg-type]
+    client = TestClient(limited)  # type: ignore[arg-type]
+    small = client.post("/echo", json={"a": "b"})
+    assert small.json() == {"a": "b"}
+
+    def chunks() -> object:
+        for _ in range(10):
+            yield json.dumps({"a": "x" * 200}).encode()
+
+    chunked = client.post("/echo", content=chunks())  # type: ignore[arg-type]
+    assert chunked.status_code == 413
+    declared = client.post("/echo", content=b"x" * 2000)
+    assert declared.status_code == 413
