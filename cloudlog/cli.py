@@ -230,5 +230,54 @@ def dlq_replay(limit: int) -> None:
     click.echo(json.dumps({"replayed": moved}))
 
 
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
+@click.option("--group", required=True, help="Log group (created if missing).")
+@click.option("--stream", required=True, help="Log stream (created if missing).")
+@click.option(
+    "--max-event-bytes",
+    type=click.IntRange(1024, 1_048_576),
+    default=None,
+    help="Largest event before it is split into parts [default: CLOUDLOG_WRITER_MAX_EVENT_BYTES "
+    "or 1048576; 262144 for endpoints still holding 256 KB].",
+)
+def push(file: Path, group: str, stream: str, max_event_bytes: int | None) -> None:
+    """Backfill FILE into one log stream, through the writer, for importing old logs.
+
+    \b
+    Each line is one event:
+      {"timestamp": 1718000000000, "message": "..."}   JSON object; timestamp in ms since the
+                                                       epoch or ISO-8601 (UTC if no offset)
+      anything else                                    plain text, stamped with the current time
+    A non-string "message" is stored as compact JSON; other keys are ignored.
+    Blank lines (empty or whitespace only) are skipped and counted ("blank"), not rejected.
+    A line that cannot become an event (bad JSON, no usable timestamp or message, not UTF-8,
+    over 16 MiB), and an event CloudWatch refuses (too_old, too_new, ...), is reported and the
+    push goes on. Event ids come from the line's number and bytes: the same file gives the
+    same ids. The file is read in chunks of 10,000 events, never whole.
+
+    \b
+    Prints one JSON object on stdout when done:
+      {"written": N, "rejected": [{"line": L, "reason": "...", "detail": "..."}],
+       "blank": B, "lines": T}
+    Lines are numbered from 1. Progress goes to stderr when it is a terminal.
+    Exit status 0 when every line was written, rejected or blank; 1 when events could be
+    neither written nor rejected (endpoint unreachable, access denied: the JSON then adds
+    "failed" and "not_attempted_from_line"); 2 for bad arguments or a missing file.
+    """
+    from cloudlog.names import check_log_group, check_log_stream
+    from cloudlog.push import run_push
+
+    for check, name, param in (
+        (check_log_group, group, "--group"),
+        (check_log_stream, stream, "--stream"),
+    ):
+        try:
+            check(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=param) from None
+    sys.exit(run_push(file, group, stream, max_event_bytes=max_event_bytes))
+
+
 def main() -> None:
     cli()
