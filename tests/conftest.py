@@ -10,13 +10,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from moto.server import ThreadedMotoServer
 
 from cloudlog.aws import AwsSettings, make_client
 from cloudlog.localpipeline import LocalPipeline
-from cloudlog.processes import free_port
+from cloudlog.processes import LOOPBACK, free_port
 
 # Set (``make test-localstack``): the pipeline uses this running endpoint, not its own emulator.
 EXTERNAL_ENDPOINT_ENV = "CLOUDLOG_TEST_AWS_ENDPOINT_URL"
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """A bare moto server on a free loopback port, for tests of one part (writer, proxy)."""
+    server = ThreadedMotoServer(ip_address=LOOPBACK, port=free_port(), verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

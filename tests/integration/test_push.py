@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from moto.server import ThreadedMotoServer
 
 from cloudlog.aws import AwsSettings, make_client
 from cloudlog.processes import cloudlog_command, free_port
@@ -38,17 +37,6 @@ from tests.conftest import read_stream
 pytestmark = pytest.mark.integration
 
 DAY_MS = 24 * 60 * 60 * 1000
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

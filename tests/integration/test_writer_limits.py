@@ -20,10 +20,8 @@ from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_case
 from hypothesis import strategies as st
-from moto.server import ThreadedMotoServer
 
 from cloudlog.aws import AwsSettings, make_client
-from cloudlog.processes import free_port
 from cloudlog.testing.awsproxy import PUT_LOG_EVENTS, AwsProxy
 from services.writer import (
     CloudWatchWriter,
@@ -47,17 +45,6 @@ pytestmark = pytest.mark.integration
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.fixture

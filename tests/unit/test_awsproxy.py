@@ -22,7 +22,6 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
-from moto.server import ThreadedMotoServer
 
 from cloudlog.testing.awsproxy import (
     LEGACY_MAX_EVENT_BYTES,
@@ -39,15 +38,6 @@ SQS_AUTH = (
     "SignedHeaders=host, Signature=0"
 )
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from moto.server import ThreadedMotoServer
 from writer_fakes import StrictClient
 
 from cloudlog.aws import AwsSettings
@@ -17,17 +15,6 @@ from services.writer.splitting import reassemble
 from services.writer.writer import make_logs_client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def read_back(client: Any, group: str, stream: str) -> list[str]:
