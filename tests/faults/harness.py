@@ -21,13 +21,13 @@ from cloudlog.processes import free_port
 from cloudlog.testing.awsproxy import AwsProxy
 
 # Short timeouts so that redelivery happens within a test: the longest task run plus retry
-# countdown (2 + 8 + 5 s) stays under the visibility timeout (20 s), as the worker checks.
+# countdown (2 + 6 + 3 s) stays under the visibility timeout (12 s), as the worker checks.
 FAULT_ENV = {
-    "CLOUDLOG_VISIBILITY_TIMEOUT": "20",
+    "CLOUDLOG_VISIBILITY_TIMEOUT": "12",
     "CLOUDLOG_HTTP_CONNECT_TIMEOUT": "2",
-    "CLOUDLOG_HTTP_READ_TIMEOUT": "8",
+    "CLOUDLOG_HTTP_READ_TIMEOUT": "6",
     "CLOUDLOG_RETRY_BACKOFF_BASE": "0.5",
-    "CLOUDLOG_RETRY_BACKOFF_MAX": "5",
+    "CLOUDLOG_RETRY_BACKOFF_MAX": "3",
     "CLOUDLOG_WAIT_TIME_SECONDS": "1",
     "CLOUDLOG_INGEST_SHUTDOWN_TIMEOUT_SECONDS": "20",
 }

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.faults
 
 
 def test_cloudwatch_throttling_failing_and_stalling(tmp_path: Path) -> None:
-    lines_total = 1_500
+    lines_total = 600
     with pipeline_behind_proxy(tmp_path, "logs", seed=11) as (pipeline, logs_proxy):
         logs_proxy.throttle("logs.PutLogEvents", 0.3)
         logs_proxy.fail("logs.PutLogEvents", 0.1, status=503)

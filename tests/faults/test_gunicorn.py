@@ -18,7 +18,7 @@ from tests.faults.harness import assert_exactly_once, fault_pipeline, wait_for_l
 
 pytestmark = pytest.mark.faults
 
-LINES = 600
+LINES = 300
 WORKERS = 3
 
 

@@ -12,8 +12,8 @@ from tests.faults.harness import NumberedLines, assert_exactly_once, fault_pipel
 
 pytestmark = pytest.mark.faults
 
-LINES = 1_500
-RATE = 150.0  # lines a second: a 10-second run
+LINES = 1_000
+RATE = 150.0  # lines a second: a 7-second run
 
 
 @pytest.mark.parametrize("component", ["worker", "ingest"])
