@@ -19,17 +19,21 @@ install: $(STAMP)  ## create .venv and install cloudlog with its dev tools
 dev: $(STAMP)  ## emulator + ingest + worker + demo app, printing events read back (Ctrl-C stops all)
 	$(VENV)/bin/cloudlog dev
 
+# Tests run in 3 processes: the integration and fault tests mostly wait (on redelivery,
+# outages, retries), so they overlap well even on 2 cores.
+PYTEST_WORKERS ?= 3
+
 test: lint typecheck  ## lint, type-check, then every test
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
 integration: $(STAMP)
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest -n $(PYTEST_WORKERS) tests/integration
 
 faults: $(STAMP)
-	$(PY) -m pytest tests/faults
+	$(PY) -m pytest -n $(PYTEST_WORKERS) tests/faults
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

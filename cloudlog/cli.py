@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +28,9 @@ def cli() -> None:
 def emulator(port: int) -> None:
     """Run the embedded AWS endpoint (moto: SQS + CloudWatch Logs) and create the queues."""
     from cloudlog.emulator import run_emulator
+    from cloudlog.logging_json import configure_json_logging
 
+    configure_json_logging("INFO")
     run_emulator(port)
 
 
@@ -41,20 +42,19 @@ def emulator(port: int) -> None:
     "--port", type=int, default=None, help="Port [default: CLOUDLOG_INGEST_PORT or 8080]."
 )
 def ingest(host: str | None, port: int | None) -> None:
-    """Run the ingest service (FastAPI under uvicorn)."""
+    """Run the ingest service (FastAPI under uvicorn). Logs are JSON lines on stdout."""
     import uvicorn
 
+    from cloudlog.logging_json import json_logging_config
     from services.ingest.settings import get_settings
 
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     uvicorn.run(
         "services.ingest.app:create_app",
         factory=True,
         host=host or settings.host,
         port=settings.port if port is None else port,
+        log_config=json_logging_config(settings.log_level),
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )

@@ -53,9 +53,10 @@ def run_dev(
         pipeline.start_emulator()
         say(f"  emulator   {pipeline.emulator_url}  (SQS + CloudWatch Logs, moto)", flush=True)
         pipeline.start_ingest()
-        say(f"  ingest     {pipeline.ingest_url}", flush=True)
+        say(f"  ingest     {pipeline.ingest_url}  (/readyz, /metrics)", flush=True)
         pipeline.start_worker()
-        say("  worker     celery, consuming the SQS queue", flush=True)
+        metrics = pipeline.worker_metrics_url
+        say(f"  worker     celery, consuming the SQS queue  (metrics {metrics})", flush=True)
 
         app = create_demo_app(aws_endpoint_url=pipeline.emulator_url, flush_interval=0.2)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log lines

@@ -14,6 +14,8 @@ from cloudlog.broker import BrokerSettings, ensure_queues
 
 DEFAULT_EMULATOR_PORT = 4566
 LOOPBACK = "127.0.0.1"
+READY_TEXT = "emulator ready"  # LocalPipeline waits for this in the emulator's output
+logger = logging.getLogger(__name__)
 
 
 def start_emulator(port: int = DEFAULT_EMULATOR_PORT) -> tuple[ThreadedMotoServer, str]:
@@ -28,7 +30,7 @@ def start_emulator(port: int = DEFAULT_EMULATOR_PORT) -> tuple[ThreadedMotoServe
 
 
 def run_emulator(port: int = DEFAULT_EMULATOR_PORT) -> None:
-    """Run until SIGINT or SIGTERM."""
+    """Run until SIGINT or SIGTERM. Says so on its logger when ready (``READY_TEXT``)."""
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -38,14 +40,16 @@ def run_emulator(port: int = DEFAULT_EMULATOR_PORT) -> None:
     signal.signal(signal.SIGINT, _on_signal)
     server, url = start_emulator(port)
     broker = BrokerSettings()
-    print(
-        f"emulator ready on {url} (SQS + CloudWatch Logs; queues "
-        f"{broker.queue_name}, {broker.dead_letter_queue_name})",
-        flush=True,
+    logger.info(
+        "%s on %s (SQS + CloudWatch Logs; queues %s, %s)",
+        READY_TEXT,
+        url,
+        broker.queue_name,
+        broker.dead_letter_queue_name,
     )
     try:
         while not stop.wait(0.5):  # a timed wait lets the signal handler run promptly
             pass
     finally:
         server.stop()
-        print("emulator stopped", flush=True)
+        logger.info("emulator stopped")

@@ -12,16 +12,18 @@ from cloudlog.processes import (
     ManagedProcess,
     ProcessFailed,
     cloudlog_command,
+    free_port,
     pipeline_env,
     port_in_use,
 )
 from cloudlog.tenants import Tenant, TenantRegistry
 
-WORKER_READY_TEXT = "ready."
+WORKER_READY_TEXT = "ready."  # Celery logs "cloudlog@host ready." once it consumes
+EMULATOR_READY_TEXT = "emulator ready"  # as cloudlog.emulator.READY_TEXT (moto is slow to import)
 LOCAL_TENANT = "local"
 # High enough that tests and benchmarks measure the pipeline, not the quota.
 LOCAL_TENANT_RATE = 1_000_000.0
-LOCAL_TENANT_BURST = 1_000_000  # Celery prints "celery@host ready." once it consumes
+LOCAL_TENANT_BURST = 1_000_000
 
 
 class LocalPipeline:
@@ -35,12 +37,15 @@ class LocalPipeline:
         logs_endpoint_url: str | None = None,
         extra_env: dict[str, str] | None = None,
         external_endpoint_url: str | None = None,
+        worker_metrics_port: int | None = None,
     ) -> None:
         """``sqs_endpoint_url``: where the worker reaches SQS; ``logs_endpoint_url``: where ingest
         reaches CloudWatch Logs (a fault proxy in front of the emulator, say). Both default to
         the emulator itself. ``extra_env``: ``CLOUDLOG_*`` settings for every process.
         ``external_endpoint_url``: an AWS endpoint that already runs, with the queues created
-        (LocalStack, say): no emulator is started and ``emulator_url`` is that endpoint."""
+        (LocalStack, say): no emulator is started and ``emulator_url`` is that endpoint.
+        ``worker_metrics_port``: where the worker serves its metrics (default: a free port, so
+        that pipelines side by side do not collide; see ``worker_metrics_url``)."""
         self.log_dir = log_dir
         self.emulator_port = emulator_port
         self.ingest_port = ingest_port
@@ -49,11 +54,15 @@ class LocalPipeline:
         self.sqs_endpoint_url = sqs_endpoint_url or self.emulator_url
         self.logs_endpoint_url = logs_endpoint_url or self.emulator_url
         self.ingest_url = f"http://{LOOPBACK}:{ingest_port}"
+        self.worker_metrics_port = worker_metrics_port or free_port()
+        self.worker_metrics_url = f"http://{LOOPBACK}:{self.worker_metrics_port}/metrics"
         self.tenant, self.api_key = self._provision_tenant(log_dir / "tenants.json")
         extra = {
             "CLOUDLOG_INGEST_JOURNAL_PATH": str(log_dir / "ingest.journal"),
             "CLOUDLOG_TENANTS_PATH": str(log_dir / "tenants.json"),
             "CLOUDLOG_API_KEY": self.api_key,
+            "CLOUDLOG_WORKER_METRICS_HOST": LOOPBACK,
+            "CLOUDLOG_WORKER_METRICS_PORT": str(self.worker_metrics_port),
         }
         extra.update(extra_env or {})
         self.env = pipeline_env(self.emulator_url, self.ingest_url, **extra)
@@ -85,7 +94,7 @@ class LocalPipeline:
             env=self.env,
             log_dir=self.log_dir,
         ).start()
-        self.emulator.wait_for_log("emulator ready", timeout=30)
+        self.emulator.wait_for_log(EMULATOR_READY_TEXT, timeout=30)
         return self.emulator
 
     def start_ingest(self) -> ManagedProcess:

@@ -5,6 +5,9 @@ Configuration, all optional, as ``CLOUDLOG_*`` keys in ``app.config`` (keyword o
 see ``ExtensionSettings`` and the README's table. ``init_app`` validates them at once, registers
 the per-app state at ``app.extensions["cloudlog"]`` and attaches a handler to ``app.logger``.
 It does no I/O: the dispatcher thread starts with the first event.
+
+``app.extensions["cloudlog"].stats()`` gives the buffer's depth and what was dropped and
+published; ``.register_metrics(registry=None)`` shows the same to Prometheus (metrics.py).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import re
 import socket
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
 from pydantic import ValidationError
@@ -28,6 +31,9 @@ from clients.flask_ext.handler import CloudLogHandler
 from clients.flask_ext.publisher import CeleryPublisher
 from clients.flask_ext.settings import ExtensionSettings
 from cloudlog.names import check_log_group, check_log_stream
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 EXTENSION_KEY = "cloudlog"
 logger = logging.getLogger(__name__)
@@ -49,8 +55,11 @@ def _default_log_stream() -> str:
 class CloudLogState:
     """Everything cloudlog keeps for one app."""
 
-    def __init__(self, settings: ExtensionSettings, publisher: Any = None) -> None:
+    def __init__(
+        self, settings: ExtensionSettings, publisher: Any = None, *, app_name: str = ""
+    ) -> None:
         self.settings = settings
+        self.app_name = app_name
         self.log_stream = settings.log_stream or _default_log_stream()
         self.buffer = EventBuffer(
             max_events=settings.buffer_max_events,
@@ -151,6 +160,17 @@ class CloudLogState:
             "abandoned_events": self.dispatcher.abandoned_events,
         }
 
+    def register_metrics(self, registry: CollectorRegistry | None = None) -> None:
+        """Show :meth:`stats` to Prometheus, read at each scrape, labelled ``app=<app name>``.
+
+        ``registry``: default prometheus_client's global one (what ``make_wsgi_app()`` and
+        ``start_http_server()`` serve unless told otherwise). Registering the same app again
+        replaces it; several apps share one registry, one label value each.
+        """
+        from clients.flask_ext.metrics import register_state
+
+        register_state(self, self.app_name, registry)
+
     def _after_fork_in_child(self) -> None:
         self.buffer.reset_after_fork()
         self.dispatcher.reset_after_fork()
@@ -207,7 +227,7 @@ class CloudLog:
         settings = self._settings_from_config(app)
         for key, name in ExtensionSettings.config_keys().items():
             app.config.setdefault(key, getattr(settings, name))
-        state = CloudLogState(settings)
+        state = CloudLogState(settings, app_name=app.name)
         app.extensions[EXTENSION_KEY] = state
         if CloudLogHandler._default_state is None:
             CloudLogHandler._default_state = state

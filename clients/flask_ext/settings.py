@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cloudlog.aws import DEFAULT_REGION, AwsSettings
 from cloudlog.broker import DEFAULT_QUEUE_NAME, BrokerSettings
 
+# Where the worker serves Prometheus metrics unless told otherwise (0 turns them off).
+DEFAULT_WORKER_METRICS_PORT = 9808
 # SQS: a message body is at most 262,144 bytes on queues that keep the old MaximumMessageSize
 # default, up to 1 MiB where raised (SQS developer guide, "Amazon SQS message quotas").
 DEFAULT_MAX_TASK_BYTES = 262_144
@@ -81,6 +83,9 @@ class WorkerSettings(BaseSettings):
     max_retries: int = Field(default=20, ge=0, le=1000)
     retry_backoff_base: float = Field(default=1.0, gt=0, le=60)
     retry_backoff_max: float = Field(default=300.0, gt=0, le=3600)
+    # Prometheus metrics on http://HOST:PORT/metrics (worker_metrics.py); port 0: none.
+    worker_metrics_port: int = Field(default=DEFAULT_WORKER_METRICS_PORT, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
 
     @field_validator("worker_pool")
     @classmethod

@@ -10,6 +10,8 @@ Past ``max_retries`` the task rejects its message with requeue: SQS makes it vis
 after ``CLOUDLOG_WAIT_TIME_SECONDS``, each new receive makes one more real attempt, and once it
 has been received ``CLOUDLOG_MAX_RECEIVE_COUNT`` times the queue's redrive policy moves it to the
 dead-letter queue (see ``cloudlog dlq``). Nothing is deleted unwritten.
+
+Each outcome is counted in the worker's metrics (worker_metrics.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import random
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -26,6 +29,7 @@ from celery.exceptions import Reject
 
 from clients.flask_ext.celery_app import DELIVER_TASK_NAME
 from clients.flask_ext.settings import WorkerSettings
+from clients.flask_ext.worker_metrics import CONNECTION, SERVER_ERROR, THROTTLED, WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +86,11 @@ def parse_retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def register_tasks(app: Celery, settings: WorkerSettings) -> Task:
+def register_tasks(
+    app: Celery, settings: WorkerSettings, metrics: WorkerMetrics | None = None
+) -> Task:
     http = HttpClientHolder(settings)
+    counted = metrics or WorkerMetrics()
 
     @app.task(
         name=DELIVER_TASK_NAME,
@@ -98,11 +105,15 @@ def register_tasks(app: Celery, settings: WorkerSettings) -> Task:
         """``api_key``: the app's tenant key, sent with the batch; else the worker's own."""
         retry_after: float | None = None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        started = time.monotonic()
         try:
             response = http.get().post(BATCH_PATH, json={"events": events}, headers=headers)
         except httpx.TransportError as exc:
+            counted.delivery_seconds.observe(time.monotonic() - started)
             error: Exception = IngestUnavailable(f"ingest unreachable: {exc!r}")
+            cause = CONNECTION
         else:
+            counted.delivery_seconds.observe(time.monotonic() - started)
             status = response.status_code
             if status == 200:
                 body = response.json()
@@ -114,7 +125,11 @@ def register_tasks(app: Celery, settings: WorkerSettings) -> Task:
                             result.get("reason"),
                             result.get("detail") or "",
                         )
-                return {"written": body.get("written", 0), "rejected": body.get("rejected", 0)}
+                written, rejected = int(body.get("written", 0)), int(body.get("rejected", 0))
+                counted.batches_delivered.inc()
+                counted.events_written.inc(written)
+                counted.events_rejected.inc(rejected)
+                return {"written": written, "rejected": rejected}
             if status != 429 and status < 500:
                 logger.error(
                     "ingest refused a batch of %d events with %d: %s",
@@ -122,9 +137,12 @@ def register_tasks(app: Celery, settings: WorkerSettings) -> Task:
                     status,
                     response.text[:2000],
                 )
+                counted.batches_refused.labels(status=str(status)).inc()
+                counted.events_refused.inc(len(events))
                 return {"written": 0, "refused": len(events), "status": status}
             retry_after = parse_retry_after(response)
             error = IngestUnavailable(f"ingest answered {status}")
+            cause = THROTTLED if status == 429 else SERVER_ERROR
         if self.request.retries >= settings.max_retries:
             logger.error(
                 "batch of %d events: %s after %d retries; leaving it to the dead-letter queue",
@@ -132,7 +150,9 @@ def register_tasks(app: Celery, settings: WorkerSettings) -> Task:
                 error,
                 self.request.retries,
             )
+            counted.batches_dead_lettered.inc()
             raise Reject(str(error), requeue=True)
+        counted.retries.labels(cause=cause).inc()
         countdown = retry_countdown(self.request.retries, settings, retry_after)
         logger.warning(
             "batch of %d events: %s; retry %d/%d in %.1f s",

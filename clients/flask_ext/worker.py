@@ -1,21 +1,36 @@
-"""``cloudlog worker``: a Celery worker consuming the SQS queue and delivering to ingest."""
+"""``cloudlog worker``: a Celery worker consuming the SQS queue and delivering to ingest.
+
+Its logs are JSON lines on stdout (cloudlog/logging_json.py); its metrics are served on
+``CLOUDLOG_WORKER_METRICS_PORT`` (worker_metrics.py).
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from celery import Celery
+from celery.signals import setup_logging
 
 from clients.flask_ext.celery_app import create_celery
 from clients.flask_ext.settings import WorkerSettings, check_visibility_timeout
 from clients.flask_ext.tasks import register_tasks
+from clients.flask_ext.worker_metrics import WorkerMetrics, serve_metrics
 from cloudlog.aws import AwsSettings
 from cloudlog.broker import BrokerSettings
+from cloudlog.logging_json import configure_json_logging
+
+logger = logging.getLogger(__name__)
 
 
 def create_worker_app(
     worker: WorkerSettings | None = None,
     broker: BrokerSettings | None = None,
     aws: AwsSettings | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> Celery:
+    """The worker's Celery app; ``metrics`` counts its deliveries (default: a registry of its
+    own, served by nobody)."""
     worker = worker or WorkerSettings()
     broker = broker or BrokerSettings()
     check_visibility_timeout(worker, broker)
@@ -29,17 +44,41 @@ def create_worker_app(
         worker_concurrency=worker.worker_concurrency,
         worker_pool=worker.worker_pool,
     )
-    register_tasks(app, worker)
+    register_tasks(app, worker, metrics)
     return app
 
 
+def _keep_our_logging(**kwargs: Any) -> None:
+    """A ``setup_logging`` receiver: its presence stops Celery configuring logging itself."""
+
+
 def run_worker(concurrency: int | None = None, loglevel: str = "INFO") -> None:
+    """The worker process: JSON logs, the metrics server, then Celery until it is stopped."""
+    configure_json_logging(loglevel)
+    setup_logging.connect(_keep_our_logging, weak=False)
     worker = WorkerSettings()
     if concurrency is not None:
         worker = worker.model_copy(update={"worker_concurrency": concurrency})
-    app = create_worker_app(worker)
+    metrics = WorkerMetrics()
+    app = create_worker_app(worker, metrics=metrics)
+    app.conf.worker_hijack_root_logger = False
+    try:
+        serve_metrics(worker, metrics)
+    except OSError as exc:
+        raise SystemExit(
+            f"worker metrics: cannot listen on {worker.worker_metrics_host}:"
+            f"{worker.worker_metrics_port} ({exc}); set CLOUDLOG_WORKER_METRICS_PORT to a free "
+            "port, or to 0 to turn the metrics off"
+        ) from exc
+    logger.info(
+        "worker starting: pool %s, concurrency %d, queue %s",
+        worker.worker_pool,
+        worker.worker_concurrency,
+        app.conf.task_default_queue,
+    )
     app.worker_main(
         [
+            "--quiet",  # no banner: our output is JSON lines
             "worker",
             f"--pool={worker.worker_pool}",
             f"--concurrency={worker.worker_concurrency}",

@@ -1,4 +1,8 @@
-"""The FastAPI application. Clients (boto3, the writer) are created in ``lifespan``."""
+"""The FastAPI application. Clients (boto3, the writer) are created in ``lifespan``.
+
+Each app has its own metrics registry (metrics.py), served at ``/metrics``; ``/readyz`` checks
+CloudWatch Logs and the writer's backlog (readiness.py).
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,19 @@ from cloudlog.tenants import TenantRegistry, TenantSettings
 from services.ingest import health, routes
 from services.ingest.bodylimit import BodySizeLimit
 from services.ingest.journal import DeliveryJournal, ReadBack
+from services.ingest.metrics import CountRefusals, IngestMetrics
 from services.ingest.pipeline import WriteFunction, WritePipeline
 from services.ingest.quotas import Quotas
 from services.ingest.readback import event_ids_in_stream
+from services.ingest.readiness import CloudWatchCheck, Probe, describe_log_groups_probe
 from services.ingest.settings import IngestSettings, get_settings
-from services.writer import CloudWatchWriter, GroupOptions, WriterSettings, make_logs_client
+from services.writer import (
+    CloudWatchWriter,
+    GroupOptions,
+    WriterObserver,
+    WriterSettings,
+    make_logs_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +46,20 @@ class WriterHandle:
 
 
 GroupOptionsFor = Callable[[str], GroupOptions]
-# Builds the writer, given the options for groups it creates; tests may pass their own.
-WriterFactory = Callable[[GroupOptionsFor], WriterHandle]
+# Builds the writer, given the options for groups it creates and who watches its calls (the
+# metrics); tests may pass their own.
+WriterFactory = Callable[[GroupOptionsFor, WriterObserver], WriterHandle]
+LOG_ROUTES = frozenset({"/logs", "/v1/logs"})  # whose refusals are counted
 
 
-def default_writer_factory(group_options: GroupOptionsFor) -> WriterHandle:
+def default_writer_factory(
+    group_options: GroupOptionsFor, observer: WriterObserver
+) -> WriterHandle:
     writer_settings = WriterSettings()
     client = make_logs_client(writer_settings)
-    writer = CloudWatchWriter(client, writer_settings, group_options=group_options)
+    writer = CloudWatchWriter(
+        client, writer_settings, group_options=group_options, observer=observer
+    )
     return WriterHandle(
         write=writer.write,
         close=writer.close,
@@ -87,10 +105,14 @@ def create_app(
     settings: IngestSettings | None = None,
     writer_factory: WriterFactory | None = None,
     tenant_settings: TenantSettings | None = None,
+    cloudwatch_probe: Probe | None = None,
 ) -> FastAPI:
+    """``cloudwatch_probe`` raises when CloudWatch Logs does not answer (for ``/readyz``);
+    default: DescribeLogGroups with ``ready_timeout_seconds``."""
     settings = settings or get_settings()
     tenant_settings = tenant_settings or TenantSettings()
     build_writer = writer_factory or default_writer_factory
+    metrics = IngestMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,7 +127,7 @@ def create_app(
         app.state.tenants_reload_seconds = tenant_settings.tenants_reload_seconds
         app.state.quotas = Quotas()
         writer = build_writer(
-            tenant_group_options(registry, WriterSettings().default_group_options())
+            tenant_group_options(registry, WriterSettings().default_group_options()), metrics
         )
         journal = DeliveryJournal(
             settings.journal_path,
@@ -120,6 +142,7 @@ def create_app(
             max_pending_events_per_tenant=settings.max_pending_events_per_tenant,
             max_commit_events=settings.max_commit_events,
             journal=journal,
+            metrics=metrics,
         )
         pipeline.start()
         app.state.pipeline = pipeline
@@ -132,8 +155,15 @@ def create_app(
 
     app = FastAPI(title="cloudlog ingest", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.cloudwatch_check = CloudWatchCheck(
+        cloudwatch_probe or describe_log_groups_probe(settings.ready_timeout_seconds),
+        timeout_seconds=settings.ready_timeout_seconds,
+        cache_seconds=settings.ready_cache_seconds,
+    )
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CountRefusals, metrics=metrics, routes=LOG_ROUTES)  # outside BodySizeLimit
     app.include_router(health.router)
     app.include_router(routes.router)
     return app

@@ -10,6 +10,7 @@ unwritten events are bounded per tenant and in total: past a bound ``submit`` ra
 Around each write the journal records the commit (see journal.py); events the journal knows as
 written are answered "written" without being written again. Events the writer rejects are also
 reported to the ``_rejected`` stream of their own group, where the tenant can read why.
+What happens to each event is counted, per tenant, in the service's metrics (metrics.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from services.ingest.confinement import REJECTED_STREAM
 from services.ingest.journal import DeliveryJournal
+from services.ingest.metrics import IngestMetrics
 from services.writer.models import EventResult, LogEvent, Outcome
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,7 @@ class WritePipeline:
         max_pending_events_per_tenant: int | None = None,
         max_commit_events: int,
         journal: DeliveryJournal | None = None,
+        metrics: IngestMetrics | None = None,
     ):
         self._write = write
         self._max_pending_events = max_pending_events
@@ -95,12 +98,21 @@ class WritePipeline:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudlog-commit")
-        self.duplicates = 0
-        self.rejection_reports = 0
+        self._metrics = metrics or IngestMetrics()
+        self._metrics.track_pending(lambda: self._pending_events, max_pending_events)
 
     @property
     def pending_events(self) -> int:
         return self._pending_events
+
+    @property
+    def max_pending_events(self) -> int:
+        return self._max_pending_events
+
+    @property
+    def closing(self) -> bool:
+        """True once ``stop`` began: no new work is taken."""
+        return self._closing
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cloudlog-commit")
@@ -123,6 +135,7 @@ class WritePipeline:
         self._pending_by_tenant[tenant] = tenant_pending + count
         self._queues.setdefault(tenant, deque()).append(_Submission(tenant, events, future))
         self._ready.set()
+        self._metrics.accepted(tenant, count)
         return future
 
     async def stop(self, timeout: float) -> None:
@@ -166,9 +179,12 @@ class WritePipeline:
                 self._ready.clear()
                 continue
             events = [event for submission in commit for event in submission.events]
+            tenants = [submission.tenant for submission in commit for _ in submission.events]
+            started = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, self._commit, events)
+                results = await loop.run_in_executor(self._executor, self._commit, events, tenants)
             except Exception as exc:
+                self._metrics.commits_failed.inc()
                 logger.exception("writer failed on a commit of %d events", len(events))
                 for submission in commit:
                     if not submission.future.done():
@@ -181,6 +197,7 @@ class WritePipeline:
                         submission.future.set_result(results[offset : offset + size])
                     offset += size
             finally:
+                self._metrics.committed(len(events), time.monotonic() - started)
                 for submission in commit:
                     size = len(submission.events)
                     self._pending_events -= size
@@ -190,41 +207,57 @@ class WritePipeline:
                     else:
                         del self._pending_by_tenant[submission.tenant]
 
-    def _commit(self, events: list[LogEvent]) -> list[EventResult]:
-        """Write what was not written before; journal the commit around the write."""
+    def _commit(self, events: list[LogEvent], tenants: list[str]) -> list[EventResult]:
+        """Write what was not written before; journal the commit around the write.
+
+        ``tenants[i]`` submitted ``events[i]``: the metrics count per tenant.
+        """
         results: list[EventResult | None] = [None] * len(events)
         fresh_positions = []
+        duplicates_of = []
         for position, event in enumerate(events):
             if self._journal.written(event):
                 results[position] = EventResult(
                     event.event_id, Outcome.WRITTEN, None, DUPLICATE_DETAIL
                 )
+                duplicates_of.append(tenants[position])
             else:
                 fresh_positions.append(position)
-        self.duplicates += len(events) - len(fresh_positions)
+        self._metrics.deduplicated(duplicates_of)
         if fresh_positions:
             fresh = [events[position] for position in fresh_positions]
+            fresh_tenants = [tenants[position] for position in fresh_positions]
             commit = self._journal.begin(fresh)
             written = self._write(fresh)
             self._journal.finish(
                 commit, [e for e, r in zip(fresh, written, strict=True) if r.written]
             )
+            self._metrics.outcomes(fresh_tenants, written)
             for position, result in zip(fresh_positions, written, strict=True):
                 results[position] = result
-            self._report_rejections(fresh, written)
+            self._report_rejections(fresh, written, fresh_tenants)
         return [result for result in results if result is not None]
 
-    def _report_rejections(self, events: list[LogEvent], results: list[EventResult]) -> None:
+    def _report_rejections(
+        self, events: list[LogEvent], results: list[EventResult], tenants: list[str]
+    ) -> None:
         now_ms = int(time.time() * 1000)
-        reports = [
-            rejection_report(event, result, now_ms)
-            for event, result in zip(events, results, strict=True)
+        rejected = [
+            (event, result, tenant)
+            for event, result, tenant in zip(events, results, tenants, strict=True)
             if not result.written and event.log_stream != REJECTED_STREAM
         ]
-        if not reports:
+        if not rejected:
             return
+        reports = [rejection_report(event, result, now_ms) for event, result, _ in rejected]
         outcomes = self._write(reports)
-        self.rejection_reports += sum(1 for outcome in outcomes if outcome.written)
+        self._metrics.reported(
+            [
+                tenant
+                for (_, _, tenant), outcome in zip(rejected, outcomes, strict=True)
+                if outcome.written
+            ]
+        )
         for report, outcome in zip(reports, outcomes, strict=True):
             if not outcome.written:
                 logger.error(

@@ -38,6 +38,12 @@ class IngestSettings(BaseSettings):
     journal_max_entries: int = Field(default=1_000_000, ge=1_000)
     # Must outlast the redelivery horizon: the worker's retries plus the visibility timeout.
     journal_ttl_seconds: float = Field(default=6 * 3600, gt=0)
+    # /readyz (readiness.py): how long CloudWatch Logs has to answer DescribeLogGroups,
+    ready_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
+    # how long that answer is reused (probes then cost CloudWatch nothing),
+    ready_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # and the share of max_pending_events past which the writer counts as saturated.
+    ready_max_pending_fraction: float = Field(default=0.9, gt=0, le=1)
 
     @field_validator("journal_path", mode="before")
     @classmethod

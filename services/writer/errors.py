@@ -17,6 +17,7 @@ from botocore.exceptions import (
 )
 
 from .models import RejectReason
+from .observer import RetryCause
 
 
 class ErrorKind(Enum):
@@ -42,6 +43,9 @@ RETRIABLE_CODES: Final = frozenset(
         "RequestTimeoutException",
         "OperationAbortedException",  # concurrent create/delete on the same resource
     }
+)
+THROTTLING_CODES: Final = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 )
 ACCESS_DENIED_CODES: Final = frozenset(
     {
@@ -97,6 +101,15 @@ def classify(exc: BaseException) -> ErrorKind:
         # Other transport-level failures (incomplete reads, checksum mismatch): worth a retry.
         return ErrorKind.RETRIABLE
     return ErrorKind.PERMANENT
+
+
+def retry_cause(exc: BaseException) -> RetryCause:
+    """Which kind of RETRIABLE error this is, for the retry counters."""
+    if isinstance(exc, ClientError):
+        if error_code(exc) in THROTTLING_CODES or _status(exc) == 429:
+            return RetryCause.THROTTLED
+        return RetryCause.SERVER_ERROR
+    return RetryCause.CONNECTION
 
 
 def reject_reason(exc: BaseException) -> RejectReason:

@@ -8,6 +8,8 @@
   token is kept, bounded, and followed from each ``nextSequenceToken``.
 - Errors are classified (errors.py) and retried under the backoff policy (retry.py). A batch
   refused as invalid is bisected so that one bad event does not sink its neighbours.
+- Each PutLogEvents call (events, seconds, outcome) and each retry (its cause) is told to an
+  optional observer (observer.py), for metrics.
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from .errors import ErrorKind, classify, describe, expected_sequence_token, reject_reason
+from .errors import (
+    ErrorKind,
+    classify,
+    describe,
+    expected_sequence_token,
+    reject_reason,
+    retry_cause,
+)
 from .existence import BoundedTtlCache, ExistenceCache
 from .models import EventResult, GroupOptions, LogEvent, Outcome, RejectReason
+from .observer import PUT_OK, NullObserver, RetryCause, WriterObserver
 from .partition import StreamKey
 from .rejections import map_rejections
 from .retry import BackoffPolicy
@@ -57,8 +67,13 @@ class BatchSender:
         policy: BackoffPolicy,
         group_options: Callable[[str], GroupOptions],
         now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        observer: WriterObserver | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``observer`` hears of every PutLogEvents call and every retry (observer.py)."""
         self._client = client
+        self._observer: WriterObserver = observer or NullObserver()
+        self._monotonic = monotonic
         self._existence = existence
         self._tokens = tokens
         self._policy = policy
@@ -122,14 +137,17 @@ class BatchSender:
                     self._existence.forget(group, stream)
                     self._tokens.discard((group, stream))  # a new stream starts without one
                     if state.retry_now():
+                        self._observe_retry(RetryCause.NOT_FOUND)
                         continue
                 elif kind is ErrorKind.SEQUENCE_TOKEN:
                     self._remember_token(group, stream, expected_sequence_token(exc))
                     if state.retry_now():
+                        self._observe_retry(RetryCause.SEQUENCE_TOKEN)
                         continue
                 elif kind is ErrorKind.RETRIABLE:
                     logger.info("retrying %s/%s after %s", group, stream, describe(exc))
                     if state.backoff():
+                        self._observe_retry(retry_cause(exc))
                         continue
                 else:
                     if type(exc).__module__.split(".")[0] not in ("botocore", "boto3"):
@@ -151,10 +169,29 @@ class BatchSender:
         token_mode, token = self._tokens.lookup(key)
         if token:
             request["sequenceToken"] = token
-        response: dict[str, Any] = self._client.put_log_events(**request)
+        started = self._monotonic()
+        try:
+            response: dict[str, Any] = self._client.put_log_events(**request)
+        except Exception as exc:
+            self._observe_put(len(batch), started, classify(exc).value)
+            raise
+        self._observe_put(len(batch), started, PUT_OK)
         if token_mode:
             self._tokens.put(key, response.get("nextSequenceToken"))
         return response
+
+    def _observe_put(self, events: int, started: float, outcome: str) -> None:
+        seconds = self._monotonic() - started
+        try:
+            self._observer.put_log_events(events=events, seconds=seconds, outcome=outcome)
+        except Exception:  # watching must never break writing
+            logger.exception("writer observer failed")
+
+    def _observe_retry(self, cause: RetryCause) -> None:
+        try:
+            self._observer.retry(cause)
+        except Exception:
+            logger.exception("writer observer failed")
 
     def _remember_token(self, group: str, stream: str, token: str | None) -> None:
         """The endpoint still speaks sequence tokens for this stream: follow them from now on."""

@@ -25,6 +25,7 @@ from .dedupe import WrittenEvents
 from .existence import BoundedTtlCache, ExistenceCache
 from .locks import StripedLocks
 from .models import EventResult, GroupOptions, LogEvent, Outcome, RejectReason
+from .observer import WriterObserver
 from .ordering import chronological
 from .partition import StreamKey, partition, stream_key
 from .retry import BackoffPolicy
@@ -56,7 +57,8 @@ class CloudWatchWriter:
 
     ``client`` is a boto3 ``logs`` client (see :func:`make_logs_client`). ``group_options``
     gives retention, KMS key and tags for a group the writer has to create (default: from
-    settings). ``clock`` is wall time in seconds (for the 14-day / 2-hour window); ``sleep``,
+    settings). ``observer`` hears of each PutLogEvents call and retry (observer.py; default:
+    nobody). ``clock`` is wall time in seconds (for the 14-day / 2-hour window); ``sleep``,
     ``monotonic`` and ``random`` drive the backoff and can be replaced in tests.
     """
 
@@ -66,6 +68,7 @@ class CloudWatchWriter:
         settings: WriterSettings | None = None,
         *,
         group_options: Callable[[str], GroupOptions] | None = None,
+        observer: WriterObserver | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
@@ -100,6 +103,8 @@ class CloudWatchWriter:
             policy=policy,
             group_options=group_options,
             now_ms=self._now_ms,
+            observer=observer,
+            monotonic=monotonic,
         )
         self._locks = StripedLocks()
         self._pool = ThreadPoolExecutor(

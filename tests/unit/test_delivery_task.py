@@ -21,8 +21,11 @@ EVENTS = [{"event_id": "e1", "timestamp": 1, "log_group": "g", "log_stream": "s"
 class ScriptedIngest:
     """Answers each POST with the next (status, headers) of its script; records the calls."""
 
-    def __init__(self, script: list[tuple[int, dict[str, str]]]) -> None:
+    def __init__(
+        self, script: list[tuple[int, dict[str, str]]], answer: dict[str, Any] | None = None
+    ) -> None:
         self.script = list(script)
+        answer = answer or {"written": 1, "rejected": 0, "results": []}
         self.calls: list[dict[str, Any]] = []
         owner = self
 
@@ -31,7 +34,7 @@ class ScriptedIngest:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.calls.append({"body": body, "auth": self.headers.get("Authorization")})
                 status, headers = owner.script.pop(0) if owner.script else (200, {})
-                payload = json.dumps({"written": 1, "rejected": 0, "results": []}).encode()
+                payload = json.dumps(answer).encode()
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)

@@ -18,6 +18,7 @@ from cloudlog.tenants import TenantRegistry, TenantSettings
 from services.ingest.app import WriterHandle, create_app
 from services.ingest.settings import IngestSettings
 from services.writer.models import EventResult, GroupOptions, LogEvent, Outcome, RejectReason
+from services.writer.observer import WriterObserver
 
 
 class FakeWriter:
@@ -27,6 +28,7 @@ class FakeWriter:
         self.commits: list[list[LogEvent]] = []
         self.release = threading.Event()
         self.release.set()
+        self.observer: WriterObserver | None = None  # what the app handed the writer factory
 
     def write(self, events: Sequence[LogEvent]) -> list[EventResult]:
         self.release.wait(10)
@@ -57,18 +59,28 @@ class AuthedClient:
 
 
 @contextmanager
-def running(writer: FakeWriter, *, rate: float = 1e9, **settings: Any) -> Iterator[AuthedClient]:
+def running(
+    writer: FakeWriter,
+    *,
+    rate: float = 1e9,
+    cloudwatch_probe: Callable[[], None] | None = None,
+    **settings: Any,
+) -> Iterator[AuthedClient]:
     with tempfile.TemporaryDirectory() as state:
         tenants_path = Path(state) / "tenants.json"
         _, api_key = TenantRegistry.load(tenants_path).create("acme", rate=rate, burst=10**9)
 
-        def factory(group_options: Callable[[str], GroupOptions]) -> WriterHandle:
+        def factory(
+            group_options: Callable[[str], GroupOptions], observer: WriterObserver
+        ) -> WriterHandle:
+            writer.observer = observer
             return WriterHandle(write=writer.write, close=lambda: None, read_back=lambda *_: set())
 
         app = create_app(
             IngestSettings(**{"journal_path": None, **settings}),
             writer_factory=factory,
             tenant_settings=TenantSettings(tenants_path=tenants_path),
+            cloudwatch_probe=cloudwatch_probe,
         )
         with TestClient(app) as client:
             yield AuthedClient(client, api_key)
