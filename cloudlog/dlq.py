@@ -1,7 +1,8 @@
 """``cloudlog dlq``: see what was dead-lettered and send it back through the pipeline.
 
-Dead-lettered messages are Celery task messages as kombu's SQS transport wrote them: base64 of
-a JSON envelope whose ``body`` is base64 of ``[args, kwargs, embed]``; ``args[0]`` is the batch.
+Dead-lettered messages are Celery task messages as kombu's SQS transport wrote them: a JSON
+envelope (base64 of it under kombu's default encoding) whose ``body`` is base64 of
+``[args, kwargs, embed]``; ``args[0]`` is the batch.
 """
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ class DeadLetter:
 
 
 def decode_envelope(sqs_body: str) -> dict[str, Any]:
-    envelope: dict[str, Any] = json.loads(base64.b64decode(sqs_body))
+    """The kombu envelope: plain JSON (cloudlog's setting), or base64 of it (kombu's default)."""
+    text = sqs_body if sqs_body.lstrip().startswith("{") else base64.b64decode(sqs_body).decode()
+    envelope: dict[str, Any] = json.loads(text)
     return envelope
 
 
 def encode_envelope(envelope: dict[str, Any]) -> str:
-    return base64.b64encode(json.dumps(envelope).encode()).decode()
+    """As cloudlog's publisher writes it (``sqs_base64_encoding: False``)."""
+    return json.dumps(envelope)
 
 
 def batch_of(envelope: dict[str, Any]) -> list[dict[str, Any]]:

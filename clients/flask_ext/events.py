@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import traceback
 import uuid
 from typing import Any
@@ -83,6 +85,29 @@ def event_from_record(
     )
 
 
+class EventIds:
+    """Unique event ids, cheaply: a random per-process prefix and a counter.
+
+    ``uuid4()`` for every record cost a quarter of the app's logging CPU in the benchmark. The
+    prefix is drawn again in a forked child, so parent and children never share ids.
+    """
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._prefix = uuid.uuid4().hex[:16]
+            self._counter = itertools.count()
+        return f"{self._prefix}{next(self._counter):x}"
+
+
+event_ids = EventIds()
+
+
 def make_event(
     *,
     message: str,
@@ -95,7 +120,7 @@ def make_event(
 ) -> dict[str, Any]:
     """The wire form of one event, as ``POST /v1/logs`` takes it."""
     event: dict[str, Any] = {
-        "event_id": uuid.uuid4().hex,
+        "event_id": event_ids.next(),
         "timestamp": timestamp_ms,
         "log_group": log_group,
         "log_stream": log_stream,

@@ -40,6 +40,9 @@ class CeleryPublisher:
             kwargs=self._kwargs,
             queue=self._broker.queue_name,
             retry=False,
+            # What the worker logs of the task: never the key, nor every event.
+            argsrepr=f"[<{len(batch)} events>]",
+            kwargsrepr="{'api_key': '***'}" if self._kwargs else "{}",
         )
 
     def reset_after_fork(self) -> None:

@@ -82,3 +82,31 @@ def test_flask_request_lines_arrive_in_cloudwatch_with_level_and_order(
     timestamps = [event["timestamp"] for event in events]
     assert timestamps == sorted(timestamps)
     assert state.stats()["dropped_events"] == 0
+
+
+def test_an_apps_own_api_key_authenticates_its_batches_and_never_reaches_the_logs(
+    pipeline: LocalPipeline, logs_client: Any, unique_group: str
+) -> None:
+    app = Flask(unique_name())
+    CloudLog(
+        app,
+        aws_endpoint_url=pipeline.emulator_url,
+        log_group=unique_group,
+        log_stream="keyed",
+        api_key=pipeline.api_key,
+        flush_interval=0.05,
+    )
+    state: CloudLogState = app.extensions["cloudlog"]
+    try:
+        with app.test_request_context("/"):
+            app.logger.warning("sent with the app's key")
+        assert state.flush(timeout=10)
+        events = wait_for(
+            lambda: read_stream(logs_client, pipeline.stored_group(unique_group), "keyed"),
+            what="the keyed event",
+        )
+    finally:
+        state.close()
+    assert json.loads(events[0]["message"])["message"] == "sent with the app's key"
+    assert pipeline.worker is not None
+    assert pipeline.api_key not in pipeline.worker.log_text()

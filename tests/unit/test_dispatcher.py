@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from typing import Any
 
 import pytest
+from kombu.utils.json import dumps as kombu_dumps
 
 from clients.flask_ext.buffer import EventBuffer
 from clients.flask_ext.dispatcher import (
@@ -123,9 +125,10 @@ def test_close_gives_up_within_its_timeout_and_counts_what_it_abandoned() -> Non
 
 
 @pytest.mark.parametrize("size", [0, 1, 100])
-def test_json_size_matches_the_ascii_escaped_encoding(size: int) -> None:
-    value = {"m": "ü🚀" * size}
-    assert json_size(value) == len(json.dumps(value, separators=(",", ":")).encode("ascii"))
+def test_json_size_is_what_kombu_writes(size: int) -> None:
+    """kombu's own encoder is the oracle: its separators and escaping decide the task's size."""
+    value = [{"m": 'ü🚀"' * size, "n": size, "f": {"k": [1, 2]}}]
+    assert json_size(value) == len(kombu_dumps(value).encode())
 
 
 def test_a_fork_waits_for_the_publish_in_flight() -> None:
@@ -155,3 +158,70 @@ def test_a_fork_waits_for_the_publish_in_flight() -> None:
     dispatcher.after_fork_in_parent()
     assert order == ["published", "fork"]
     assert dispatcher.close(timeout=2)
+
+
+def test_under_steady_load_tasks_are_full_not_a_trickle() -> None:
+    """After a publish, a partial batch waits for the flush interval instead of going at once."""
+    buffer = EventBuffer(max_events=10_000, max_bytes=10**9)
+    sizes: list[int] = []
+    dispatcher = Dispatcher(
+        buffer,
+        lambda batch: sizes.append(len(batch)),
+        batch_max_events=100,
+        max_task_bytes=262_144,
+        flush_interval=60,  # long: only full batches may leave during the test
+        publish_retry_max_seconds=0.05,
+    )
+    for n in range(250):
+        buffer.put(make_event(n), wake_at=100)
+    dispatcher._drain(deadline=None, full_batches_after_first=True)
+    assert sizes == [100, 100]
+    assert len(buffer) == 50, "the partial batch waits for the next interval"
+    assert dispatcher.close(timeout=1)
+    assert sizes == [100, 100, 50]
+
+
+def test_a_task_the_queue_finds_too_long_is_halved_not_retried_forever() -> None:
+    published: list[int] = []
+
+    def small_queue(batch: list[dict[str, Any]]) -> None:
+        if len(batch) > 30:
+            raise RuntimeError(
+                "An error occurred (InvalidParameterValue) when calling the SendMessage "
+                "operation: One or more parameters are invalid. Reason: Message must be "
+                "shorter than 262144 bytes."
+            )
+        published.append(len(batch))
+
+    buffer = EventBuffer(max_events=10_000, max_bytes=10**9)
+    dispatcher = Dispatcher(
+        buffer,
+        small_queue,
+        batch_max_events=100,
+        max_task_bytes=262_144,
+        flush_interval=0.01,
+        publish_retry_max_seconds=0.05,
+    )
+    for n in range(100):
+        buffer.put(make_event(n), wake_at=1_000)
+    assert dispatcher.close(timeout=5)
+    assert sum(published) == 100 and max(published) <= 30
+    assert dispatcher.publish_failures == 0
+
+
+def test_event_ids_are_unique_and_differ_in_a_forked_child() -> None:
+    from clients.flask_ext.events import event_ids
+
+    parent_ids = {event_ids.next() for _ in range(10_000)}
+    assert len(parent_ids) == 10_000
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the ids it makes, then leave at once
+        os.write(write_end, ",".join(event_ids.next() for _ in range(100)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end) as pipe:
+        child_ids = set(pipe.read().split(","))
+    assert len(child_ids) == 100 and not child_ids & parent_ids
+    assert not child_ids & {event_ids.next() for _ in range(100)}
