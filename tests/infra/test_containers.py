@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,15 +50,19 @@ def run_compose(command: list[str], *args: str) -> subprocess.CompletedProcess[s
     env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
     for key in ("LOCALSTACK_IMAGE", "LOCALSTACK_AUTH_TOKEN", "AWS_REGION", "CLOUDLOG_API_KEY"):
         env.pop(key, None)
-    return subprocess.run(
-        [*command, "--env-file", os.devnull, "-f", str(COMPOSE_FILE), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-        cwd=ROOT,
-    )
+    # An empty env file of our own: docker-compose 1.29 does not take /dev/null as one.
+    with tempfile.TemporaryDirectory() as scratch:
+        empty_env = Path(scratch) / "empty.env"
+        empty_env.write_text("")
+        return subprocess.run(
+            [*command, "--env-file", str(empty_env), "-f", str(COMPOSE_FILE), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=env,
+            cwd=ROOT,
+        )
 
 
 def with_defaults(text: str) -> str:
