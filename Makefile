@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test unit integration faults lint typecheck format clean localstack-up localstack-down test-localstack infra-test
+.PHONY: install dev test unit integration faults lint typecheck format clean localstack-up localstack-down test-localstack infra-test bench
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cloudlog needs Python 3.11 or newer")'
@@ -65,3 +65,14 @@ test-localstack: $(STAMP)  ## the end-to-end tests against a running LocalStack 
 
 infra-test: $(STAMP)  ## the infra checks: compose file, CloudFormation template (cfn-lint)
 	$(PY) -m pytest tests/infra
+
+# --- benchmarks (issue 6): cloudlog, watchtower and the naive design side by side ---------------
+BENCH_STAMP := $(VENV)/.bench-stamp
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)  ## results to bench/results/ (latest.json, latest.md, *.png); BENCH_ARGS="--soak 300" for the 5-minute soak
+	$(PY) -m bench $(BENCH_ARGS)
