@@ -23,12 +23,19 @@ def check_log_group(name: str) -> str:
     return name
 
 
-def check_log_stream(name: str) -> str:
+def stream_name_problem(name: str) -> str | None:
+    """What CloudWatch would refuse in a stream name ("may not contain ':'"), or None."""
     if not 1 <= len(name) <= MAX_NAME_LENGTH:
-        raise ValueError(f"log stream name must be 1-{MAX_NAME_LENGTH} characters")
+        return f"must be 1-{MAX_NAME_LENGTH} characters"
     for char in FORBIDDEN_STREAM_CHARS:
         if char in name:
-            raise ValueError(f"log stream name may not contain {char!r}")
+            return f"may not contain {char!r}"
+    return None
+
+
+def check_log_stream(name: str) -> str:
+    if (problem := stream_name_problem(name)) is not None:
+        raise ValueError(f"log stream name {problem}")
     return name
 
 

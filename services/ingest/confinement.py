@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cloudlog.names import LOG_GROUP_PATTERN, MAX_NAME_LENGTH, RESERVED_GROUP_PREFIX
+from cloudlog.names import (
+    LOG_GROUP_PATTERN,
+    MAX_NAME_LENGTH,
+    RESERVED_GROUP_PREFIX,
+    stream_name_problem,
+)
 from cloudlog.tenants import Tenant
 
 REJECTED_STREAM = "_rejected"  # where a tenant reads what was refused (see pipeline.py)
@@ -48,11 +53,9 @@ def resolve_group(tenant: Tenant, name: str, *, field: str) -> str:
 
 
 def check_stream(name: str, *, field: str) -> str:
-    if not 1 <= len(name) <= MAX_NAME_LENGTH:
-        raise Refusal(field, f"must be 1-{MAX_NAME_LENGTH} characters")
-    for char in (":", "*"):
-        if char in name:
-            raise Refusal(field, f"may not contain {char!r}")
+    """CloudWatch's own stream rules, then cloudlog's: no control characters, no ``_rejected``."""
+    if (problem := stream_name_problem(name)) is not None:
+        raise Refusal(field, problem)
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
         raise Refusal(field, "may not contain control characters")
     if name == REJECTED_STREAM:
