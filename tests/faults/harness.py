@@ -19,6 +19,7 @@ from cloudlog.aws import AwsSettings, make_client
 from cloudlog.localpipeline import LocalPipeline
 from cloudlog.processes import free_port
 from cloudlog.testing.awsproxy import AwsProxy
+from tests.conftest import read_stream
 
 # Short timeouts so that redelivery happens within a test: the longest task run plus retry
 # countdown (2 + 6 + 3 s) stays under the visibility timeout (12 s), as the worker checks.
@@ -134,21 +135,15 @@ class NumberedLines:
 
 
 def read_line_counts(logs_client: Any, group: str, stream: str) -> Counter[int]:
-    counts: Counter[int] = Counter()
-    kwargs: dict[str, Any] = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
+    """How often each numbered line is stored (none yet while the group does not exist)."""
     try:
-        while True:
-            page = logs_client.get_log_events(**kwargs)
-            for event in page["events"]:
-                message = json.loads(event["message"])["message"]
-                if message.startswith(LINE_PREFIX):
-                    counts[int(message[len(LINE_PREFIX) :])] += 1
-            token = page.get("nextForwardToken")
-            if not page["events"] or token == kwargs.get("nextToken"):
-                return counts
-            kwargs["nextToken"] = token
+        events = read_stream(logs_client, group, stream)
     except logs_client.exceptions.ResourceNotFoundException:
-        return counts
+        return Counter()
+    messages = (json.loads(event["message"])["message"] for event in events)
+    return Counter(
+        int(message[len(LINE_PREFIX) :]) for message in messages if message.startswith(LINE_PREFIX)
+    )
 
 
 def wait_for_lines(
