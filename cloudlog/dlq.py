@@ -2,7 +2,9 @@
 
 Dead-lettered messages are Celery task messages as kombu's SQS transport wrote them: a JSON
 envelope (base64 of it under kombu's default encoding) whose ``body`` is base64 of
-``[args, kwargs, embed]``; ``args[0]`` is the batch.
+``[args, kwargs, embed]``; ``args[0]`` is the batch: encoded as ``kwargs["encoding"]`` says
+(clients/flask_ext/payload.py), or, from publishers before that format, the list of events.
+Replay re-sends the envelope as it is, whichever the form.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from clients.flask_ext.payload import PayloadError, task_events
 from cloudlog.broker import BrokerSettings
 
 # SQS: ReceiveMessage returns at most 10 messages (SQS API reference, MaxNumberOfMessages).
@@ -33,6 +36,8 @@ class DeadLetter:
     streams: list[str]
     first_timestamp: int | None
     last_timestamp: int | None
+    # Why the batch could not be read (corrupt, unknown encoding); None when it could.
+    error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,15 +59,20 @@ def batch_of(envelope: dict[str, Any]) -> list[dict[str, Any]]:
     body = envelope["body"]
     if envelope.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
-    args, _kwargs, _embed = json.loads(body)
-    events: list[dict[str, Any]] = args[0] if args else []
-    return events
+    args, kwargs, _embed = json.loads(body)
+    if not args:
+        return []
+    return task_events(args[0], (kwargs or {}).get("encoding"))
 
 
 def describe(message: dict[str, Any]) -> DeadLetter:
     envelope = decode_envelope(message["Body"])
     headers = envelope.get("headers", {})
-    events = batch_of(envelope)
+    error = None
+    try:
+        events = batch_of(envelope)
+    except (PayloadError, ValueError, TypeError) as exc:
+        events, error = [], str(exc)
     timestamps = [event["timestamp"] for event in events if "timestamp" in event]
     streams = sorted({f"{e.get('log_group')}/{e.get('log_stream')}" for e in events})
     receive_count = message.get("Attributes", {}).get("ApproximateReceiveCount")
@@ -76,6 +86,7 @@ def describe(message: dict[str, Any]) -> DeadLetter:
         streams=streams,
         first_timestamp=min(timestamps) if timestamps else None,
         last_timestamp=max(timestamps) if timestamps else None,
+        error=error,
     )
 
 

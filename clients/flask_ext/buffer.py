@@ -70,10 +70,13 @@ class EventBuffer:
 
         ``wake_at``: wake the dispatcher once this many events wait (a full batch).
         """
-        size = estimated_size(event)
+        size = len(event["message"]) + EVENT_OVERHEAD_ESTIMATE  # estimated_size, inlined
         kept = True
         with self._lock:
-            if self._full(size):
+            events = self._events
+            if events and (
+                len(events) >= self._max_events or self._bytes + size > self._max_bytes
+            ):  # _full(size), inlined: this is every log call's path
                 if self._policy is OverflowPolicy.BLOCK:
                     self._not_full.wait_for(lambda: not self._full(size), self._block_timeout)
                     if self._full(size):
@@ -81,14 +84,14 @@ class EventBuffer:
                         return False
                 else:
                     while self._full(size):
-                        _, old_size = self._events.popleft()
+                        _, old_size = events.popleft()
                         self._bytes -= old_size
                         self._dropped += 1
                         kept = False
-            self._events.append((event, size))
+            events.append((event, size))
             self._bytes += size
             self._accepted += 1
-            if len(self._events) >= wake_at:
+            if len(events) >= wake_at:
                 self._ready.notify()
         return kept
 

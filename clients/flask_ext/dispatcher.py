@@ -1,9 +1,11 @@
 """The background thread that turns buffered events into Celery tasks, one task per batch.
 
 The request path only appends to the buffer. This thread wakes at the flush interval or when a
-full batch waits, packs events into tasks that stay under the SQS message limit after encoding,
-and publishes them. When the broker is unreachable it retries with capped exponential backoff
-and full jitter while the buffer's policy bounds what waits.
+full batch waits, encodes events into tasks (``TaskEncoder``: one JSON serialisation and one
+compression per batch, see payload.py) that stay under the SQS message limit and whose
+uncompressed JSON stays under ingest's body limit, and publishes them. When the broker is
+unreachable it retries with capped exponential backoff and full jitter while the buffer's policy
+bounds what waits.
 """
 
 from __future__ import annotations
@@ -18,33 +20,49 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from clients.flask_ext.buffer import EventBuffer
+from clients.flask_ext.payload import (
+    PLAIN_JSON,
+    POST_WRAPPER_BYTES,
+    ZLIB_BASE64,
+    EncodedBatch,
+    encode,
+    events_json,
+    task_kwargs,
+)
+from clients.flask_ext.settings import DEFAULT_MAX_BATCH_BYTES, TaskCompression
 
 logger = logging.getLogger(__name__)
 
-# kombu base64-encodes the task body inside its JSON envelope (virtual transport
+# What a task weighs on SQS: kombu writes the Celery message as a JSON envelope (headers,
+# properties) whose "body" is base64 of ``[args, kwargs, embed]`` (virtual transport
 # ``body_encoding = 'base64'``); cloudlog turns off the SQS transport's second base64 of the
-# envelope (``sqs_base64_encoding: False``, cloudlog/broker.py): the SQS body is about 4/3 of
-# the task's JSON.
-KOMBU_SQS_ENCODING_FACTOR = 4 / 3
-# Celery's headers and properties around the body, generously (measured about 1.5 KB).
+# envelope (``sqs_base64_encoding: False``, cloudlog/broker.py). The body is computed exactly
+# (``TaskEncoder.task_bytes``); the envelope around it is bounded generously (measured about
+# 1.5 KB: task id, names, argsrepr, origin host and pid, delivery info).
 TASK_ENVELOPE_BYTES = 4_096
+# Celery's third element of the body (``amqp.as_task_v2``): no callbacks, no chain, no chord.
+CELERY_EMBED: dict[str, Any] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 PUBLISH_BACKOFF_BASE_S = 0.1
 # How long a fork waits for a publish in flight (a publish is bounded by the broker timeouts).
 FORK_WAIT_S = 15.0
 MAX_BACKOFF_EXPONENT = 16  # 2**16 * 0.1 s is far past any cap; keeps the float finite
 
-Publish = Callable[[list[dict[str, Any]]], None]
-
-
-def payload_budget(max_task_bytes: int) -> int:
-    """Bytes of event JSON one task may carry so that its SQS message stays within the limit."""
-    return int((max_task_bytes - TASK_ENVELOPE_BYTES) / KOMBU_SQS_ENCODING_FACTOR)
+Publish = Callable[[EncodedBatch], None]
 
 
 def json_size(value: Any) -> int:
     """Bytes of ``value`` as kombu's JSON encoder writes it: ASCII-escaped, with ", " and ": "
-    separators (compact JSON would undercount by about 5%)."""
+    separators. An upper bound of the compact UTF-8 JSON the payload carries."""
     return len(json.dumps(value))
+
+
+def base64_size(length: int) -> int:
+    return 4 * -(-length // 3)
+
+
+def zlib_bound(length: int) -> int:
+    """zlib's worst case for ``length`` bytes of input (``compressBound`` in zlib's compress.c)."""
+    return length + (length >> 12) + (length >> 14) + (length >> 25) + 13
 
 
 # SQS's answer to a message over the queue's MaximumMessageSize (SendMessage,
@@ -93,23 +111,83 @@ def split_event(event: dict[str, Any], budget: int) -> list[dict[str, Any]]:
     return parts
 
 
-def pack(events: list[dict[str, Any]], budget: int) -> Iterator[list[dict[str, Any]]]:
-    """Group events, in order, into batches whose JSON stays within ``budget`` bytes.
+class TaskEncoder:
+    """Turns events into tasks: serialised once, encoded (payload.py), sized exactly.
 
-    Sized a batch at a time (one encoding per batch, halved while too large), not an event at a
-    time: the common case costs one ``json.dumps``. An event too large alone is split.
+    Each task's SQS message stays within ``max_task_bytes`` and the worker's POST body (the
+    uncompressed JSON) within ``max_batch_bytes``. A batch too large is halved and encoded
+    again; an event too large alone is split (``split_event``). The common case costs one
+    ``json.dumps`` and one ``zlib.compress`` per batch.
     """
-    if not events:
-        return
-    if json_size(events) <= budget:
-        yield events
-        return
-    if len(events) == 1:
-        yield from pack(split_event(events[0], budget - 2), budget)
-        return
-    middle = len(events) // 2
-    yield from pack(events[:middle], budget)
-    yield from pack(events[middle:], budget)
+
+    def __init__(
+        self,
+        *,
+        max_task_bytes: int,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        compression: TaskCompression = TaskCompression.ZLIB,
+        api_key: str | None = None,
+    ) -> None:
+        self._max_task_bytes = max_task_bytes
+        self._max_json_bytes = max_batch_bytes - POST_WRAPPER_BYTES
+        self._compression = TaskCompression(compression)
+        self._api_key = api_key
+        if self.event_budget() <= 0:
+            raise ValueError("max_task_bytes / max_batch_bytes leave no room for an event")
+
+    def task_bytes(self, data: str, encoding: str, count: int) -> int:
+        """The SQS message size of a task carrying ``data``, at most.
+
+        The body is kombu's JSON of ``[[data], kwargs, embed]`` (Python's separators, ASCII
+        escapes), base64-encoded; ``TASK_ENVELOPE_BYTES`` covers the rest.
+        """
+        kwargs = task_kwargs(encoding, count, self._api_key)
+        body = len(json.dumps([[], kwargs, CELERY_EMBED]))
+        # data is base64 (ASCII, nothing to escape) or JSON text that kombu escapes again.
+        body += len(data) + 2 if encoding == ZLIB_BASE64 else json_size(data)
+        return TASK_ENVELOPE_BYTES + base64_size(body)
+
+    def event_budget(self) -> int:
+        """``json_size`` one event (or part of one) may have so that it travels alone."""
+        zlib = self._compression is TaskCompression.ZLIB
+        kwargs = task_kwargs(ZLIB_BASE64 if zlib else PLAIN_JSON, 1, self._api_key)
+        other = len(json.dumps([[], kwargs, CELERY_EMBED]))
+        argument = (self._max_task_bytes - TASK_ENVELOPE_BYTES) // 4 * 3 - other
+        if zlib:
+            compressed = (argument - 2) // 4 * 3
+            # The largest input whose worst-case compressed size still fits.
+            raw = (compressed - 13) * 16_384 // 16_389
+            while raw > 0 and zlib_bound(raw) > compressed:
+                raw -= 1
+        else:
+            # kombu escapes the JSON text again: each character becomes at most two.
+            raw = (argument - 2) // 2
+        # Less 2 for the list's brackets around the one event.
+        return min(raw, self._max_json_bytes) - 2
+
+    def pack(self, events: list[dict[str, Any]]) -> Iterator[EncodedBatch]:
+        """Encode events, in order, into as few tasks as fit."""
+        yield from self._pack(events, splittable=True)
+
+    def _pack(self, events: list[dict[str, Any]], *, splittable: bool) -> Iterator[EncodedBatch]:
+        if not events:
+            return
+        raw = events_json(events)
+        if len(raw) <= self._max_json_bytes:
+            data, encoding = encode(raw, self._compression)
+            if self.task_bytes(data, encoding, len(events)) <= self._max_task_bytes:
+                yield EncodedBatch(events, data, encoding)
+                return
+        if len(events) == 1:
+            if not splittable:  # cannot happen: event_budget is a worst case
+                raise ValueError("a part of a split event does not fit in a task")
+            parts = split_event(events[0], self.event_budget())
+            for part in parts:
+                yield from self._pack([part], splittable=False)
+            return
+        middle = len(events) // 2
+        yield from self._pack(events[:middle], splittable=splittable)
+        yield from self._pack(events[middle:], splittable=splittable)
 
 
 class Dispatcher:
@@ -122,11 +200,20 @@ class Dispatcher:
         max_task_bytes: int,
         flush_interval: float,
         publish_retry_max_seconds: float,
+        max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+        compression: TaskCompression = TaskCompression.ZLIB,
+        api_key: str | None = None,
     ) -> None:
+        """``api_key``: the key the publisher sends with each task (it counts in a task's size)."""
         self._buffer = buffer
         self._publish = publish
         self._batch_max_events = batch_max_events
-        self._budget = payload_budget(max_task_bytes)
+        self.encoder = TaskEncoder(
+            max_task_bytes=max_task_bytes,
+            max_batch_bytes=max_batch_bytes,
+            compression=compression,
+            api_key=api_key,
+        )
         self._flush_interval = flush_interval
         self._retry_max = publish_retry_max_seconds
         self._thread: threading.Thread | None = None
@@ -215,29 +302,66 @@ class Dispatcher:
             first = False
             self._idle.clear()
             try:
-                for batch in pack(events, self._budget):
-                    if not self._publish_with_retry(batch, deadline):
-                        return False
+                left = self._publish_batches(self._encode(events), deadline)
+                if left is not None:
+                    if deadline is None:
+                        # Stopping without a deadline: keep them for the final flush.
+                        self._buffer.requeue_front(left)
+                    else:
+                        self.abandoned_events += len(left)
+                        logger.error("cloudlog: gave up on %d events at shutdown", len(left))
+                    return False
             finally:
                 self._idle.set()
 
-    def _publish_with_retry(self, batch: list[dict[str, Any]], deadline: float | None) -> bool:
+    def _encode(self, events: list[dict[str, Any]]) -> list[EncodedBatch]:
+        """The tasks for ``events``. Should one event be impossible to encode, only that event is
+        left out (counted in ``abandoned_events``, logged): the thread and its neighbours go on."""
+        try:
+            return list(self.encoder.pack(events))
+        except Exception:
+            logger.exception("cloudlog: a batch could not be encoded; encoding event by event")
+        batches: list[EncodedBatch] = []
+        for event in events:
+            try:
+                batches.extend(self.encoder.pack([event]))
+            except Exception as exc:
+                self.abandoned_events += 1
+                logger.error("cloudlog: an event cannot be encoded and is dropped: %r", exc)
+        return batches
+
+    def _publish_batches(
+        self, batches: list[EncodedBatch], deadline: float | None
+    ) -> list[dict[str, Any]] | None:
+        """Publish in order. None once all are published; else the events that were not."""
+        for index, batch in enumerate(batches):
+            left = self._publish_with_retry(batch, deadline)
+            if left is not None:
+                return left + [event for later in batches[index + 1 :] for event in later.events]
+        return None
+
+    def _publish_with_retry(
+        self, batch: EncodedBatch, deadline: float | None
+    ) -> list[dict[str, Any]] | None:
+        """None once published; the batch's events if stopping (or the deadline) came first."""
         attempt = 0
         while True:
             try:
                 with self._publishing:
                     self._publish(batch)
             except Exception as exc:
-                if MESSAGE_TOO_LONG in str(exc) and len(batch) > 1:
+                if MESSAGE_TOO_LONG in str(exc) and batch.count > 1:
                     # The queue holds smaller messages than CLOUDLOG_MAX_TASK_BYTES says: halve.
                     logger.warning(
                         "cloudlog: the queue refused a task as too long; lower "
                         "CLOUDLOG_MAX_TASK_BYTES to the queue's MaximumMessageSize"
                     )
-                    middle = len(batch) // 2
-                    return self._publish_with_retry(
-                        batch[:middle], deadline
-                    ) and self._publish_with_retry(batch[middle:], deadline)
+                    middle = batch.count // 2
+                    halves = [
+                        *self.encoder.pack(batch.events[:middle]),
+                        *self.encoder.pack(batch.events[middle:]),
+                    ]
+                    return self._publish_batches(halves, deadline)
                 self.publish_failures += 1
                 if attempt == 0:
                     logger.warning("cloudlog: publishing to the broker failed, retrying: %s", exc)
@@ -245,23 +369,16 @@ class Dispatcher:
                 ceiling = PUBLISH_BACKOFF_BASE_S * 2 ** min(attempt, MAX_BACKOFF_EXPONENT)
                 pause = random.uniform(0, min(self._retry_max, ceiling))
                 if deadline is not None and time.monotonic() + pause > deadline:
-                    self.abandoned_events += len(batch)
-                    logger.error(
-                        "cloudlog: gave up on %d events at shutdown: broker unreachable: %s",
-                        len(batch),
-                        exc,
-                    )
-                    return False
+                    logger.error("cloudlog: broker unreachable at shutdown: %s", exc)
+                    return batch.events
                 if self._stop.wait(pause) and deadline is None:
-                    # Stopping without a deadline: keep the batch for the final flush.
-                    self._buffer.requeue_front(batch)
-                    return False
+                    return batch.events
                 continue
-            self.published_events += len(batch)
+            self.published_events += batch.count
             self.published_tasks += 1
             if attempt:
                 logger.warning("cloudlog: broker reachable again after %d attempts", attempt + 1)
-            return True
+            return None
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything buffered so far has been published (or ``timeout`` passes)."""

@@ -12,16 +12,23 @@ from typing import Any
 from flask import g, has_request_context, request
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
-STANDARD_RECORD_ATTRIBUTES = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
-)
+_PLAIN_RECORD_ATTRIBUTES = vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()
+STANDARD_RECORD_ATTRIBUTES = frozenset(_PLAIN_RECORD_ATTRIBUTES | {"message", "asctime"})
+# A record with no more attributes than a plain one has no ``extra=``: the common case, told
+# apart without comparing every attribute name.
+PLAIN_RECORD_ATTRIBUTE_COUNT = len(_PLAIN_RECORD_ATTRIBUTES)
 REQUEST_ID_HEADER = "X-Request-ID"
 G_REQUEST_ID = "_cloudlog_request_id"  # namespaced on flask.g
+# (request, {request_id, path, method}): computed once per request, kept on flask.g.
+G_REQUEST_FIELDS = "_cloudlog_request_fields"
 MAX_JSON_DEPTH = 8
 
 
 def level_name(levelno: int) -> str:
     """Map any numeric level (custom ones too) onto the five the ingest API knows."""
+    known = STANDARD_LEVEL_NAMES.get(levelno)
+    if known is not None:
+        return known
     if levelno >= logging.CRITICAL:
         return "critical"
     if levelno >= logging.ERROR:
@@ -31,6 +38,15 @@ def level_name(levelno: int) -> str:
     if levelno >= logging.INFO:
         return "info"
     return "debug"
+
+
+STANDARD_LEVEL_NAMES = {
+    logging.CRITICAL: "critical",
+    logging.ERROR: "error",
+    logging.WARNING: "warning",
+    logging.INFO: "info",
+    logging.DEBUG: "debug",
+}
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
@@ -56,18 +72,40 @@ def current_request_id() -> str:
 
 
 def request_fields() -> dict[str, Any]:
+    """``request_id``, ``path`` and ``method`` of the current request, as a new dict.
+
+    Read once per request and kept on ``g`` with the request they describe: ``g`` belongs to
+    the app context, which requests pushed inside one app context share. The proxies are
+    resolved once here (each ``g.``/``request.`` access through them costs about a microsecond).
+    """
     if not has_request_context():
         return {}
-    return {"request_id": current_request_id(), "path": request.path, "method": request.method}
+    current = request._get_current_object()  # type: ignore[attr-defined]
+    namespace = g._get_current_object()
+    cached: tuple[Any, dict[str, Any]] | None = getattr(namespace, G_REQUEST_FIELDS, None)
+    if cached is None or cached[0] is not current:
+        fields = {
+            "request_id": current_request_id(),
+            "path": current.path,
+            "method": current.method,
+        }
+        cached = (current, fields)
+        setattr(namespace, G_REQUEST_FIELDS, cached)
+    return cached[1].copy()
 
 
 def event_from_record(
     record: logging.LogRecord, *, log_group: str, log_stream: str
 ) -> dict[str, Any]:
     fields = request_fields()
-    for key, value in vars(record).items():
-        if key not in STANDARD_RECORD_ATTRIBUTES and not key.startswith("_"):
-            fields[key] = json_safe(value)
+    attributes = vars(record)
+    if (
+        len(attributes) > PLAIN_RECORD_ATTRIBUTE_COUNT
+        and attributes.keys() - STANDARD_RECORD_ATTRIBUTES
+    ):  # extra= was given: keep its order
+        for key, value in attributes.items():
+            if key not in STANDARD_RECORD_ATTRIBUTES and not key.startswith("_"):
+                fields[key] = json_safe(value)
     if record.exc_info:
         fields["exception"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
     elif record.exc_text:

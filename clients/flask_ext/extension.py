@@ -77,7 +77,11 @@ class CloudLogState:
             max_task_bytes=settings.max_task_bytes,
             flush_interval=settings.flush_interval,
             publish_retry_max_seconds=settings.publish_retry_max_seconds,
+            max_batch_bytes=settings.max_batch_bytes,
+            compression=settings.task_compression,
+            api_key=settings.api_key,
         )
+        self._wake_at = settings.batch_max_events
         self.handler = CloudLogHandler(self, level=settings.level)
         self.empty_messages = 0
         self._warned_drop = False
@@ -92,7 +96,7 @@ class CloudLogState:
             # CloudWatch refuses empty messages (PutLogEvents: message length >= 1).
             self.empty_messages += 1
             return
-        kept = self.buffer.put(event, wake_at=self.dispatcher.batch_max_events)
+        kept = self.buffer.put(event, wake_at=self._wake_at)
         self.dispatcher.ensure_started()
         if not kept and not self._warned_drop:
             self._warned_drop = True

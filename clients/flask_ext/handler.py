@@ -31,11 +31,27 @@ EXCLUDED_LOGGER_PREFIXES = (
 )
 
 
-def is_excluded(logger_name: str) -> bool:
+# Loggers seen, and whether they are excluded: a process has a few dozen logger names; past
+# this many (names made per request, say) the memo starts over rather than grow.
+EXCLUSION_MEMO_MAX = 1_024
+_exclusion_memo: dict[str, bool] = {}
+
+
+def _matches_excluded_prefix(logger_name: str) -> bool:
     return any(
         logger_name == prefix or logger_name.startswith(prefix + ".")
         for prefix in EXCLUDED_LOGGER_PREFIXES
     )
+
+
+def is_excluded(logger_name: str) -> bool:
+    excluded = _exclusion_memo.get(logger_name)
+    if excluded is None:
+        excluded = _matches_excluded_prefix(logger_name)
+        if len(_exclusion_memo) >= EXCLUSION_MEMO_MAX:
+            _exclusion_memo.clear()
+        _exclusion_memo[logger_name] = excluded
+    return excluded
 
 
 class CloudLogHandler(logging.Handler):
@@ -61,6 +77,17 @@ class CloudLogHandler(logging.Handler):
             if state is not None:
                 return state
         return CloudLogHandler._default_state
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """``logging.Handler.handle`` without the handler's lock around ``emit``: ``emit`` is
+        thread-safe (the buffer has a lock of its own; the re-entrancy guard is per thread), and
+        taking an RLock per record is a cost every log call would pay for nothing."""
+        result: object = self.filter(record)
+        if isinstance(result, logging.LogRecord):  # a filter may return a record (3.12+)
+            record = result
+        if result:
+            self.emit(record)
+        return bool(result)
 
     def emit(self, record: logging.LogRecord) -> None:
         if is_excluded(record.name) or getattr(self._local, "busy", False):

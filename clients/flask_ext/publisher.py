@@ -1,14 +1,14 @@
-"""Publishes one batch as one Celery task. The Celery app is made lazily, once per process."""
+"""Publishes one encoded batch as one Celery task; the Celery app is made once per process."""
 
 from __future__ import annotations
 
 import os
 import threading
-from typing import Any
 
 from celery import Celery
 
 from clients.flask_ext.celery_app import DELIVER_TASK_NAME, create_celery
+from clients.flask_ext.payload import EncodedBatch, task_kwargs
 from cloudlog.aws import AwsSettings
 from cloudlog.broker import BrokerSettings
 
@@ -17,7 +17,7 @@ class CeleryPublisher:
     def __init__(
         self, broker: BrokerSettings, aws: AwsSettings, api_key: str | None = None
     ) -> None:
-        self._kwargs = {"api_key": api_key} if api_key else {}
+        self._api_key = api_key
         self._broker = broker
         self._aws = aws
         self._app: Celery | None = None
@@ -33,16 +33,18 @@ class CeleryPublisher:
                     self._pid = os.getpid()
         return self._app
 
-    def __call__(self, batch: list[dict[str, Any]]) -> None:
+    def __call__(self, batch: EncodedBatch) -> None:
+        kwargs = task_kwargs(batch.encoding, batch.count, self._api_key)
+        shown = {**kwargs, "api_key": "***"} if "api_key" in kwargs else kwargs
         self._celery().send_task(
             DELIVER_TASK_NAME,
-            args=[batch],
-            kwargs=self._kwargs,
+            args=[batch.data],
+            kwargs=kwargs,
             queue=self._broker.queue_name,
             retry=False,
-            # What the worker logs of the task: never the key, nor every event.
-            argsrepr=f"[<{len(batch)} events>]",
-            kwargsrepr="{'api_key': '***'}" if self._kwargs else "{}",
+            # What the worker logs of the task: never the key, nor the payload.
+            argsrepr=f"[<{batch.count} events, {batch.encoding}>]",
+            kwargsrepr=repr(shown),
         )
 
     def reset_after_fork(self) -> None:

@@ -16,7 +16,18 @@ DEFAULT_WORKER_METRICS_PORT = 9808
 # SQS: a message body is at most 262,144 bytes on queues that keep the old MaximumMessageSize
 # default, up to 1 MiB where raised (SQS developer guide, "Amazon SQS message quotas").
 DEFAULT_MAX_TASK_BYTES = 262_144
+# The uncompressed JSON of one batch, which the worker POSTs to ingest as it is: half of ingest's
+# default body limit (CLOUDLOG_INGEST_MAX_BODY_BYTES, 16 MiB, services/ingest/settings.py).
+DEFAULT_MAX_BATCH_BYTES = 8 * 1024 * 1024
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+# Ingest takes at most 10,000 events per POST /v1/logs (and PutLogEvents as many per call).
+MAX_BATCH_EVENTS = 10_000
 LOGGING_LEVEL_NAMES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class TaskCompression(StrEnum):
+    ZLIB = "zlib"
+    NONE = "none"
 
 
 class OverflowPolicy(StrEnum):
@@ -43,8 +54,10 @@ class ExtensionSettings(BaseSettings):
     buffer_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     overflow_policy: OverflowPolicy = OverflowPolicy.DROP_OLDEST
     block_timeout: float = Field(default=0.05, ge=0, le=10)
-    batch_max_events: int = Field(default=1_000, ge=1, le=10_000)
+    batch_max_events: int = Field(default=1_000, ge=1, le=MAX_BATCH_EVENTS)
     max_task_bytes: int = Field(default=DEFAULT_MAX_TASK_BYTES, ge=16_384, le=1_048_576)
+    max_batch_bytes: int = Field(default=DEFAULT_MAX_BATCH_BYTES, ge=16_384, le=MAX_BATCH_BYTES)
+    task_compression: TaskCompression = TaskCompression.ZLIB
     flush_interval: float = Field(default=0.2, gt=0, le=60)
     shutdown_timeout: float = Field(default=5.0, ge=0, le=300)
     publish_retry_max_seconds: float = Field(default=10.0, gt=0, le=300)

@@ -1,5 +1,9 @@
 """The delivery task the queue consumers run: POST a batch to the ingest service.
 
+The batch arrives as payload.py encodes it and goes to ingest as it was serialised: decoded and
+decompressed, never parsed (tasks of the older form, a list of events, are still delivered).
+A batch that cannot be decoded is left to the dead-letter queue.
+
 The SQS message is acknowledged only after ingest answered that every event of the batch was
 written or rejected (``acks_late``); a worker that dies mid-task leaves the message to be
 delivered again (``reject_on_worker_lost``). Connection errors, 5xx and 429 are retried with
@@ -28,6 +32,13 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 
 from clients.flask_ext.celery_app import DELIVER_TASK_NAME
+from clients.flask_ext.payload import (
+    PayloadError,
+    decode_events_json,
+    events_json,
+    post_body,
+    task_events,
+)
 from clients.flask_ext.settings import WorkerSettings
 from clients.flask_ext.worker_metrics import CONNECTION, SERVER_ERROR, THROTTLED, WorkerMetrics
 
@@ -86,6 +97,23 @@ def parse_retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def request_body(
+    batch: str | list[dict[str, Any]], encoding: str | None, event_count: int | None
+) -> tuple[bytes, int]:
+    """The ``POST /v1/logs`` body for a task's batch, and its number of events.
+
+    The encoded form is passed through: decoded and decompressed, never parsed. The list form
+    (tasks published before the encoded payload) is serialised as the HTTP client would.
+    """
+    if isinstance(batch, list):
+        return post_body(events_json(batch)), len(batch)
+    if not isinstance(batch, str):
+        raise PayloadError(f"unexpected batch argument of type {type(batch).__name__}")
+    raw = decode_events_json(batch, encoding)
+    count = event_count if isinstance(event_count, int) else len(task_events(batch, encoding))
+    return post_body(raw), count
+
+
 def register_tasks(
     app: Celery, settings: WorkerSettings, metrics: WorkerMetrics | None = None
 ) -> Task:
@@ -100,14 +128,30 @@ def register_tasks(
         max_retries=settings.max_retries,
     )
     def deliver_batch(
-        self: Task, events: list[dict[str, Any]], api_key: str | None = None
+        self: Task,
+        batch: str | list[dict[str, Any]],
+        api_key: str | None = None,
+        encoding: str | None = None,
+        event_count: int | None = None,
     ) -> dict[str, Any]:
-        """``api_key``: the app's tenant key, sent with the batch; else the worker's own."""
+        """``batch``: the events as payload.py encodes them (``encoding``, ``event_count``), or,
+        from a publisher before that format, the list of events itself.
+        ``api_key``: the app's tenant key, sent with the batch; else the worker's own."""
+        try:
+            body, count = request_body(batch, encoding, event_count)
+        except PayloadError as exc:
+            # Not deliverable by this worker (corrupt, or from a newer publisher): leave it to
+            # the dead-letter queue, where it can be looked at and replayed.
+            logger.error("a batch cannot be decoded: %s; leaving it to the dead-letter queue", exc)
+            counted.batches_dead_lettered.inc()
+            raise Reject(str(exc), requeue=True) from exc
         retry_after: float | None = None
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
         started = time.monotonic()
         try:
-            response = http.get().post(BATCH_PATH, json={"events": events}, headers=headers)
+            response = http.get().post(BATCH_PATH, content=body, headers=headers)
         except httpx.TransportError as exc:
             counted.delivery_seconds.observe(time.monotonic() - started)
             error: Exception = IngestUnavailable(f"ingest unreachable: {exc!r}")
@@ -116,8 +160,8 @@ def register_tasks(
             counted.delivery_seconds.observe(time.monotonic() - started)
             status = response.status_code
             if status == 200:
-                body = response.json()
-                for result in body.get("results", []):
+                answer = response.json()
+                for result in answer.get("results", []):
                     if result.get("status") != "written":
                         logger.warning(
                             "event %s rejected: %s %s",
@@ -125,7 +169,7 @@ def register_tasks(
                             result.get("reason"),
                             result.get("detail") or "",
                         )
-                written, rejected = int(body.get("written", 0)), int(body.get("rejected", 0))
+                written, rejected = int(answer.get("written", 0)), int(answer.get("rejected", 0))
                 counted.batches_delivered.inc()
                 counted.events_written.inc(written)
                 counted.events_rejected.inc(rejected)
@@ -133,20 +177,20 @@ def register_tasks(
             if status != 429 and status < 500:
                 logger.error(
                     "ingest refused a batch of %d events with %d: %s",
-                    len(events),
+                    count,
                     status,
                     response.text[:2000],
                 )
                 counted.batches_refused.labels(status=str(status)).inc()
-                counted.events_refused.inc(len(events))
-                return {"written": 0, "refused": len(events), "status": status}
+                counted.events_refused.inc(count)
+                return {"written": 0, "refused": count, "status": status}
             retry_after = parse_retry_after(response)
             error = IngestUnavailable(f"ingest answered {status}")
             cause = THROTTLED if status == 429 else SERVER_ERROR
         if self.request.retries >= settings.max_retries:
             logger.error(
                 "batch of %d events: %s after %d retries; leaving it to the dead-letter queue",
-                len(events),
+                count,
                 error,
                 self.request.retries,
             )
@@ -156,7 +200,7 @@ def register_tasks(
         countdown = retry_countdown(self.request.retries, settings, retry_after)
         logger.warning(
             "batch of %d events: %s; retry %d/%d in %.1f s",
-            len(events),
+            count,
             error,
             self.request.retries + 1,
             settings.max_retries,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -12,7 +14,8 @@ import pytest
 from celery import Celery
 from celery.exceptions import Reject
 
-from clients.flask_ext.settings import WorkerSettings
+from clients.flask_ext.payload import encode, events_json, task_kwargs
+from clients.flask_ext.settings import TaskCompression, WorkerSettings
 from clients.flask_ext.tasks import register_tasks, retry_countdown
 
 EVENTS = [{"event_id": "e1", "timestamp": 1, "log_group": "g", "log_stream": "s", "message": "m"}]
@@ -27,12 +30,16 @@ class ScriptedIngest:
         self.script = list(script)
         answer = answer or {"written": 1, "rejected": 0, "results": []}
         self.calls: list[dict[str, Any]] = []
+        self.raw: list[tuple[bytes, str | None]] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                owner.calls.append({"body": body, "auth": self.headers.get("Authorization")})
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                owner.calls.append(
+                    {"body": json.loads(raw), "auth": self.headers.get("Authorization")}
+                )
+                owner.raw.append((raw, self.headers.get("Content-Type")))
                 status, headers = owner.script.pop(0) if owner.script else (200, {})
                 payload = json.dumps(answer).encode()
                 self.send_response(status)
@@ -112,3 +119,68 @@ def test_retry_after_is_honoured_and_capped() -> None:
     assert all(retry_countdown(0, settings, retry_after=900) <= 30 for _ in range(50))
     assert all(0 <= retry_countdown(3, settings, None) <= 4.0 for _ in range(200))
     assert all(retry_countdown(50, settings, None) <= 30 for _ in range(50))
+
+
+def encoded(
+    events: list[dict[str, Any]], compression: TaskCompression
+) -> tuple[str, dict[str, Any]]:
+    """args[0] and kwargs of a task as the publisher sends it (without a key)."""
+    data, encoding = encode(events_json(events), compression)
+    return data, task_kwargs(encoding, len(events), None)
+
+
+@pytest.mark.parametrize("compression", list(TaskCompression))
+def test_an_encoded_batch_is_posted_as_it_was_serialised(
+    make_task: Any, compression: TaskCompression
+) -> None:
+    events = [*EVENTS, {**EVENTS[0], "event_id": "e2", "message": 'ünï 🚀 "q"', "fields": {}}]
+    task, ingest = make_task([(200, {})], api_key="k-123")
+    data, kwargs = encoded(events, compression)
+    assert task.apply(args=[data], kwargs=kwargs).get() == {"written": 1, "rejected": 0}
+    assert ingest.calls == [{"body": {"events": events}, "auth": "Bearer k-123"}]
+    ((raw, content_type),) = ingest.raw
+    assert raw == b'{"events":' + events_json(events) + b"}"
+    assert content_type == "application/json"
+
+
+def test_the_apps_key_travels_as_a_keyword_and_wins(make_task: Any) -> None:
+    task, ingest = make_task([(200, {})], api_key="worker-key")
+    data, kwargs = encoded(EVENTS, TaskCompression.ZLIB)
+    task.apply(args=[data], kwargs={**kwargs, "api_key": "app-key"}).get()
+    assert ingest.calls[0]["auth"] == "Bearer app-key"
+
+
+def test_a_batch_in_the_old_list_form_is_still_delivered(make_task: Any) -> None:
+    """Messages queued or dead-lettered before an upgrade carry the events as a list."""
+    task, ingest = make_task([(200, {})])
+    assert task.apply(args=[EVENTS], kwargs={"api_key": "k-old"}).get()["written"] == 1
+    assert ingest.calls == [{"body": {"events": EVENTS}, "auth": "Bearer k-old"}]
+
+
+def test_a_refused_encoded_batch_counts_its_events_without_parsing(make_task: Any) -> None:
+    events = [{**EVENTS[0], "event_id": f"e{n}"} for n in range(7)]
+    task, _ = make_task([(422, {})])
+    data, kwargs = encoded(events, TaskCompression.ZLIB)
+    assert task.apply(args=[data], kwargs=kwargs).get() == {
+        "written": 0,
+        "refused": 7,
+        "status": 422,
+    }
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [
+        ("bm90IHpsaWI=", "zlib+base64"),  # base64, but not zlib
+        ("%%%", "zlib+base64"),
+        (base64.b64encode(zlib.compress(b'[{"a":1}]')[:-6]).decode(), "zlib+base64"),
+        ("[]", "brotli+base64"),
+    ],
+)
+def test_an_undecodable_batch_is_left_to_the_dead_letter_queue(
+    make_task: Any, data: str, encoding: str
+) -> None:
+    task, ingest = make_task([(200, {})])
+    outcome = task.apply(args=[data], kwargs={"encoding": encoding, "event_count": 1})
+    assert isinstance(outcome.result, Reject) and outcome.result.requeue is True
+    assert ingest.calls == []

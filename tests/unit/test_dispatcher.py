@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-import json
+import base64
 import os
+import random
+import string
 import threading
 import time
 from typing import Any
@@ -11,14 +13,21 @@ from kombu.utils.json import dumps as kombu_dumps
 
 from clients.flask_ext.buffer import EventBuffer
 from clients.flask_ext.dispatcher import (
-    KOMBU_SQS_ENCODING_FACTOR,
+    CELERY_EMBED,
     TASK_ENVELOPE_BYTES,
     Dispatcher,
+    TaskEncoder,
     json_size,
-    pack,
-    payload_budget,
     split_event,
 )
+from clients.flask_ext.payload import (
+    EncodedBatch,
+    events_json,
+    post_body,
+    task_events,
+    task_kwargs,
+)
+from clients.flask_ext.settings import TaskCompression
 
 
 def make_event(n: int, message: str | None = None) -> dict[str, Any]:
@@ -32,19 +41,39 @@ def make_event(n: int, message: str | None = None) -> dict[str, Any]:
     }
 
 
-def test_payload_budget_leaves_room_for_double_base64_and_the_envelope() -> None:
-    budget = payload_budget(262_144)
-    assert budget * KOMBU_SQS_ENCODING_FACTOR + TASK_ENVELOPE_BYTES <= 262_144
-    assert budget > 140_000
+def random_text(rng: random.Random, length: int) -> str:
+    """Text zlib cannot shrink: what makes a batch as large after compression as before."""
+    return "".join(rng.choice(string.ascii_letters + string.digits + "é🚀") for _ in range(length))
 
 
-def test_pack_keeps_order_and_every_batch_within_budget() -> None:
-    events = [make_event(n, "é" * (n % 50) + "x" * (n * 37 % 900)) for n in range(2_000)]
-    budget = 20_000
-    batches = list(pack(events, budget))
+def test_pack_keeps_order_and_every_task_within_both_bounds() -> None:
+    rng = random.Random(7)
+    events = [make_event(n, "é" * (n % 50) + random_text(rng, n * 37 % 900)) for n in range(2_000)]
+    encoder = TaskEncoder(max_task_bytes=20_000, max_batch_bytes=200_000, api_key="k" * 40)
+    batches = list(encoder.pack(events))
     assert len(batches) > 1
-    assert all(json_size(batch) <= budget for batch in batches)
-    assert [e["event_id"] for batch in batches for e in batch] == [e["event_id"] for e in events]
+    assert all(encoder.task_bytes(b.data, b.encoding, b.count) <= 20_000 for b in batches)
+    assert all(len(post_body(events_json(b.events))) <= 200_000 for b in batches)
+    decoded = [e for b in batches for e in task_events(b.data, b.encoding)]
+    assert decoded == events
+
+
+def test_the_uncompressed_bound_holds_even_when_compression_would_fit() -> None:
+    """Ingest gets the JSON uncompressed: max_batch_bytes bounds what one POST carries."""
+    events = [make_event(n, "a" * 1_000) for n in range(1_000)]  # ~1 MB raw, ~10 KB compressed
+    encoder = TaskEncoder(max_task_bytes=262_144, max_batch_bytes=100_000)
+    batches = list(encoder.pack(events))
+    assert len(batches) >= 11
+    assert all(len(post_body(events_json(b.events))) <= 100_000 for b in batches)
+    assert [e for b in batches for e in b.events] == events
+
+
+def test_a_compressible_batch_travels_in_one_task_far_larger_than_the_budget() -> None:
+    events = [make_event(n, f"GET /items/{n} 200 " + "x" * 60) for n in range(10_000)]
+    encoder = TaskEncoder(max_task_bytes=262_144)
+    (batch,) = encoder.pack(events)
+    assert len(events_json(events)) > 262_144 * 3
+    assert task_events(batch.data, batch.encoding) == events
 
 
 def test_an_event_larger_than_a_task_is_split_into_parts_never_truncated() -> None:
@@ -63,13 +92,44 @@ def test_an_event_larger_than_a_task_is_split_into_parts_never_truncated() -> No
     assert {part["timestamp"] for part in parts} == {original["timestamp"]}
 
 
-def test_pack_splits_oversize_events_in_place() -> None:
-    events = [make_event(1), make_event(2, "y" * 50_000), make_event(3)]
-    batches = list(pack(events, 10_000))
-    flat = [e for batch in batches for e in batch]
+@pytest.mark.parametrize("compression", list(TaskCompression))
+def test_pack_splits_incompressible_oversize_events_in_place(compression: TaskCompression) -> None:
+    message = random_text(random.Random(3), 60_000)
+    events = [make_event(1), make_event(2, message), make_event(3)]
+    encoder = TaskEncoder(max_task_bytes=16_384, compression=compression)
+    batches = list(encoder.pack(events))
+    flat = [e for batch in batches for e in task_events(batch.data, batch.encoding)]
     assert flat[0]["event_id"] == "id1" and flat[-1]["event_id"] == "id3"
-    assert "".join(e["message"] for e in flat[1:-1]) == "y" * 50_000
-    assert all(json_size(batch) <= 10_000 for batch in batches)
+    assert "".join(e["message"] for e in flat[1:-1]) == message
+    assert len(flat) > 5
+    assert all(encoder.task_bytes(b.data, b.encoding, b.count) <= 16_384 for b in batches)
+
+
+def test_an_event_over_the_uncompressed_bound_is_split_even_if_it_compresses_well() -> None:
+    events = [make_event(1, "z" * 100_000)]
+    encoder = TaskEncoder(max_task_bytes=262_144, max_batch_bytes=30_000)
+    batches = list(encoder.pack(events))
+    assert len(batches) >= 4
+    assert all(len(post_body(events_json(b.events))) <= 30_000 for b in batches)
+    assert "".join(e["message"] for b in batches for e in b.events) == "z" * 100_000
+
+
+@pytest.mark.parametrize("compression", list(TaskCompression))
+@pytest.mark.parametrize("api_key", [None, "k-" + "9" * 60])
+def test_task_bytes_counts_the_body_exactly_as_kombu_encodes_it(
+    compression: TaskCompression, api_key: str | None
+) -> None:
+    """kombu is the oracle: base64 of its JSON of [args, kwargs, embed] is the message's body."""
+    rng = random.Random(11)
+    events = [make_event(n, random_text(rng, n % 300) + '"\\\n\x00') for n in range(300)]
+    encoder = TaskEncoder(max_task_bytes=1_048_576, compression=compression, api_key=api_key)
+    (batch,) = encoder.pack(events)
+    body = kombu_dumps(
+        [[batch.data], task_kwargs(batch.encoding, batch.count, api_key), CELERY_EMBED]
+    )
+    kombu_body = base64.b64encode(body.encode())
+    predicted = encoder.task_bytes(batch.data, batch.encoding, batch.count)
+    assert predicted == TASK_ENVELOPE_BYTES + len(kombu_body)
 
 
 class FlakyPublisher:
@@ -78,12 +138,12 @@ class FlakyPublisher:
         self.batches: list[list[dict[str, Any]]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, batch: list[dict[str, Any]]) -> None:
+    def __call__(self, batch: EncodedBatch) -> None:
         with self.lock:
             if self.failures > 0:
                 self.failures -= 1
                 raise ConnectionError("broker down")
-            self.batches.append(json.loads(json.dumps(batch)))
+            self.batches.append(task_events(batch.data, batch.encoding))
 
 
 def make_dispatcher(publisher: FlakyPublisher, buffer: EventBuffer) -> Dispatcher:
@@ -113,6 +173,24 @@ def test_dispatcher_retries_a_failing_broker_and_publishes_each_event_once() -> 
     assert dispatcher.published_events == 120
 
 
+def test_an_event_that_cannot_be_encoded_is_counted_and_its_neighbours_still_go() -> None:
+    buffer = EventBuffer(max_events=10_000, max_bytes=10**9)
+    publisher = FlakyPublisher(failures=0)
+    dispatcher = make_dispatcher(publisher, buffer)
+    blob = random_text(random.Random(1), 300_000)  # incompressible: fields alone fit no task
+    hopeless = {**make_event(1), "fields": {"blob": blob}}
+    for event in (make_event(0), hopeless, make_event(2)):
+        buffer.put(event, wake_at=1_000)
+    dispatcher.ensure_started()
+    assert dispatcher.flush(timeout=5)
+    assert dispatcher.is_running
+    buffer.put(make_event(3), wake_at=1_000)
+    assert dispatcher.close(timeout=2)
+    published = [e["event_id"] for batch in publisher.batches for e in batch]
+    assert published == ["id0", "id2", "id3"]
+    assert dispatcher.abandoned_events == 1
+
+
 def test_close_gives_up_within_its_timeout_and_counts_what_it_abandoned() -> None:
     buffer = EventBuffer(max_events=10_000, max_bytes=10**9)
     publisher = FlakyPublisher(failures=10**9)
@@ -136,7 +214,7 @@ def test_a_fork_waits_for_the_publish_in_flight() -> None:
     started = threading.Event()
     order: list[str] = []
 
-    def slow_publish(batch: list[dict[str, Any]]) -> None:
+    def slow_publish(batch: EncodedBatch) -> None:
         started.set()
         time.sleep(0.3)
         order.append("published")
@@ -166,7 +244,7 @@ def test_under_steady_load_tasks_are_full_not_a_trickle() -> None:
     sizes: list[int] = []
     dispatcher = Dispatcher(
         buffer,
-        lambda batch: sizes.append(len(batch)),
+        lambda batch: sizes.append(batch.count),
         batch_max_events=100,
         max_task_bytes=262_144,
         flush_interval=60,  # long: only full batches may leave during the test
@@ -184,14 +262,14 @@ def test_under_steady_load_tasks_are_full_not_a_trickle() -> None:
 def test_a_task_the_queue_finds_too_long_is_halved_not_retried_forever() -> None:
     published: list[int] = []
 
-    def small_queue(batch: list[dict[str, Any]]) -> None:
-        if len(batch) > 30:
+    def small_queue(batch: EncodedBatch) -> None:
+        if batch.count > 30:
             raise RuntimeError(
                 "An error occurred (InvalidParameterValue) when calling the SendMessage "
                 "operation: One or more parameters are invalid. Reason: Message must be "
                 "shorter than 262144 bytes."
             )
-        published.append(len(batch))
+        published.append(batch.count)
 
     buffer = EventBuffer(max_events=10_000, max_bytes=10**9)
     dispatcher = Dispatcher(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import uuid
@@ -12,6 +11,7 @@ from flask import Flask
 from clients.flask_ext import CloudLog, CloudLogConfigError, CloudLogState
 from clients.flask_ext.events import level_name
 from clients.flask_ext.handler import CloudLogHandler
+from clients.flask_ext.payload import EncodedBatch, task_events
 from clients.flask_ext.settings import ExtensionSettings
 
 
@@ -25,9 +25,12 @@ class RecordingPublisher:
         self.events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, batch: list[dict[str, Any]]) -> None:
+    def __call__(self, batch: EncodedBatch) -> None:
+        """Keeps what the worker would get: the task's argument, decoded."""
+        events = task_events(batch.data, batch.encoding)
+        assert len(events) == batch.count
         with self.lock:
-            self.events.extend(json.loads(json.dumps(batch)))
+            self.events.extend(events)
 
 
 def test_init_app_registers_state_sets_defaults_and_starts_no_thread() -> None:
@@ -73,6 +76,9 @@ def test_use_before_init_app_is_a_clear_error() -> None:
         ("CLOUDLOG_LEVEL", "LOUD", "level"),
         ("CLOUDLOG_BUFFER_MAX_EVENTS", 0, "buffer_max_events"),
         ("CLOUDLOG_MAX_TASK_BYTES", 2_000_000, "max_task_bytes"),
+        ("CLOUDLOG_BATCH_MAX_EVENTS", 10_001, "batch_max_events"),
+        ("CLOUDLOG_MAX_BATCH_BYTES", 32 * 1024 * 1024, "max_batch_bytes"),
+        ("CLOUDLOG_TASK_COMPRESSION", "brotli", "task_compression"),
     ],
 )
 def test_invalid_settings_fail_at_init_naming_the_problem(
@@ -82,6 +88,17 @@ def test_invalid_settings_fail_at_init_naming_the_problem(
     app.config[key] = value
     with pytest.raises(CloudLogConfigError, match=needle):
         CloudLog(app)
+
+
+def test_compression_and_the_batch_bound_reach_the_dispatcher() -> None:
+    app = Flask(unique_name())
+    CloudLog(app, task_compression="none", max_batch_bytes=100_000, batch_max_events=10_000)
+    state = app.extensions["cloudlog"]
+    events = [{"event_id": f"e{n}", "message": "m" * 1_000} for n in range(300)]
+    batches = list(state.dispatcher.encoder.pack(events))
+    assert {batch.encoding for batch in batches} == {"json"}
+    assert all(len(batch.data) <= 100_000 for batch in batches) and len(batches) >= 3
+    state.close()
 
 
 def test_unknown_option_is_refused() -> None:
