@@ -58,13 +58,19 @@ def make_client(
     read_timeout: float = DEFAULT_READ_TIMEOUT_S,
     max_attempts: int = 1,
     max_pool_connections: int = 10,
+    parameter_validation: bool = True,
 ) -> Any:
-    """A boto3 client with timeouts. ``max_attempts=1`` leaves retrying to our own policies."""
+    """A boto3 client with timeouts. ``max_attempts=1`` leaves retrying to our own policies.
+
+    ``parameter_validation=False`` skips botocore's walk over every request parameter; only for
+    callers that check what they send themselves (the writer's admission does).
+    """
     config = Config(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         retries={"total_max_attempts": max_attempts, "mode": "standard"},
         max_pool_connections=max_pool_connections,
+        parameter_validation=parameter_validation,
     )
     return session_for(settings).client(
         service, endpoint_url=settings.aws_endpoint_url or None, config=config

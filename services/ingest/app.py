@@ -55,7 +55,9 @@ LOG_ROUTES = frozenset({"/logs", "/v1/logs"})  # whose refusals are counted
 def default_writer_factory(
     group_options: GroupOptionsFor, observer: WriterObserver
 ) -> WriterHandle:
-    writer_settings = WriterSettings()
+    # No WrittenEvents in the writer: the journal already recognises redelivered events (by
+    # group, stream and event_id), durably; a second memory of them would only cost CPU and RAM.
+    writer_settings = WriterSettings().model_copy(update={"dedupe_max_entries": 0})
     client = make_logs_client(writer_settings)
     writer = CloudWatchWriter(
         client, writer_settings, group_options=group_options, observer=observer

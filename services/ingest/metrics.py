@@ -29,7 +29,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from services.ingest.bodylimit import ASGIApp, Message, Receive, Scope, Send
-from services.writer.models import EventResult
+from services.writer.models import EventResult, Outcome
 from services.writer.observer import RetryCause
 
 METRICS_CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
@@ -152,20 +152,35 @@ class IngestMetrics:
         self.commit_events.observe(events)
         self.commit_seconds.observe(seconds)
 
-    def outcomes(self, tenants: Sequence[str], results: Sequence[EventResult]) -> None:
-        """Written and rejected events; ``tenants[i]`` submitted the event of ``results[i]``."""
-        written: Tally[str] = Tally()
+    def outcomes(
+        self,
+        tenants: Sequence[str],
+        results: Sequence[EventResult],
+        *,
+        refused: Sequence[int] | None = None,
+    ) -> None:
+        """Written and rejected events; ``tenants[i]`` submitted the event of ``results[i]``.
+
+        ``refused``: the indexes of the results not written, when the caller knows them.
+        """
+        if len(tenants) != len(results):
+            raise ValueError("one tenant per result")
+        if refused is None:
+            ok = Outcome.WRITTEN
+            refused = [i for i, result in enumerate(results) if result.outcome is not ok]
+        if refused:
+            skip = set(refused)
+            written = Tally(tenant for i, tenant in enumerate(tenants) if i not in skip)
+        else:
+            written = Tally(tenants)  # counted in C: the common case costs little per event
         rejected: Tally[tuple[str, str]] = Tally()
-        for tenant, result in zip(tenants, results, strict=True):
-            if result.written:
-                written[tenant] += 1
-            else:
-                reason = result.reason.value if result.reason else "unknown"
-                rejected[tenant, reason] += 1
+        for i in refused:
+            reason = results[i].reason
+            rejected[tenants[i], reason.value if reason else "unknown"] += 1
         for tenant, count in written.items():
             self.events_written.labels(tenant=tenant).inc(count)
-        for (tenant, reason), count in rejected.items():
-            self.events_rejected.labels(tenant=tenant, reason=reason).inc(count)
+        for (tenant, reason_value), count in rejected.items():
+            self.events_rejected.labels(tenant=tenant, reason=reason_value).inc(count)
 
     def deduplicated(self, tenants: Sequence[str]) -> None:
         for tenant, count in Tally(tenants).items():

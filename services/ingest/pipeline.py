@@ -210,13 +210,19 @@ class WritePipeline:
     def _commit(self, events: list[LogEvent], tenants: list[str]) -> list[EventResult]:
         """Write what was not written before; journal the commit around the write.
 
-        ``tenants[i]`` submitted ``events[i]``: the metrics count per tenant.
+        ``tenants[i]`` submitted ``events[i]``: the metrics count per tenant. Each event's
+        journal fingerprint is computed once, here, and serves both the lookup and ``finish``.
         """
+        journal = self._journal
+        keys = journal.fingerprints(events)
+        known = journal.known(events, keys)
+        if not any(known):  # the common case: nothing redelivered
+            return self._write_fresh(events, tenants, keys)
         results: list[EventResult | None] = [None] * len(events)
         fresh_positions = []
         duplicates_of = []
-        for position, event in enumerate(events):
-            if self._journal.written(event):
+        for position, (event, seen) in enumerate(zip(events, known, strict=True)):
+            if seen:
                 results[position] = EventResult(
                     event.event_id, Outcome.WRITTEN, None, DUPLICATE_DETAIL
                 )
@@ -225,18 +231,34 @@ class WritePipeline:
                 fresh_positions.append(position)
         self._metrics.deduplicated(duplicates_of)
         if fresh_positions:
-            fresh = [events[position] for position in fresh_positions]
-            fresh_tenants = [tenants[position] for position in fresh_positions]
-            commit = self._journal.begin(fresh)
-            written = self._write(fresh)
-            self._journal.finish(
-                commit, [e for e, r in zip(fresh, written, strict=True) if r.written]
+            written = self._write_fresh(
+                [events[position] for position in fresh_positions],
+                [tenants[position] for position in fresh_positions],
+                [keys[position] for position in fresh_positions],
             )
-            self._metrics.outcomes(fresh_tenants, written)
             for position, result in zip(fresh_positions, written, strict=True):
                 results[position] = result
-            self._report_rejections(fresh, written, fresh_tenants)
         return [result for result in results if result is not None]
+
+    def _write_fresh(
+        self, events: list[LogEvent], tenants: list[str], keys: list[bytes]
+    ) -> list[EventResult]:
+        commit = self._journal.begin(events)
+        results = self._write(events)
+        written = Outcome.WRITTEN
+        failed = [i for i, result in enumerate(results) if result.outcome is not written]
+        if failed:
+            refused = set(failed)
+            keys = [key for i, key in enumerate(keys) if i not in refused]
+        self._journal.finish(commit, keys)
+        self._metrics.outcomes(tenants, results, refused=failed)
+        if failed:
+            self._report_rejections(
+                [events[i] for i in failed],
+                [results[i] for i in failed],
+                [tenants[i] for i in failed],
+            )
+        return results
 
     def _report_rejections(
         self, events: list[LogEvent], results: list[EventResult], tenants: list[str]

@@ -35,6 +35,9 @@ class IngestSettings(BaseSettings):
     log_level: str = "info"
     # Durable idempotency across restarts (see journal.py); empty: in memory only.
     journal_path: Path | None = Path(".cloudlog-state/ingest.journal")
+    # Events remembered as written: 40 bytes each, allocated in full at start (1,000,000: 40 MB),
+    # so memory stays flat as the journal fills. The oldest go first; at N events/s the journal
+    # covers max_entries / N seconds (40 s at 25,000/s): size it for the redelivery window.
     journal_max_entries: int = Field(default=1_000_000, ge=1_000)
     # Must outlast the redelivery horizon: the worker's retries plus the visibility timeout.
     journal_ttl_seconds: float = Field(default=6 * 3600, gt=0)

@@ -14,12 +14,28 @@ from .models import LogEvent, RejectReason
 Refusal = tuple[RejectReason, str]
 
 
+def check_names(group: str, stream: str) -> Refusal | None:
+    """Why no event may go to ``group``/``stream``, or None: the writer asks once per stream."""
+    if not valid_group_name(group):
+        return RejectReason.INVALID, f"invalid log group name {group[:600]!r}"
+    if not valid_stream_name(stream):
+        return RejectReason.INVALID, f"invalid log stream name {stream[:600]!r}"
+    return None
+
+
+def oldest_allowed_ms(now_ms: int, retention_days: int | None = None) -> int:
+    """The oldest timestamp :func:`check_event` lets through (the newest: ``now + 2 h``)."""
+    oldest = now_ms - MAX_EVENT_AGE_MS
+    if retention_days is not None:
+        oldest = max(oldest, now_ms - retention_days * MS_PER_DAY)
+    return oldest
+
+
 def check_event(event: LogEvent, now_ms: int, retention_days: int | None = None) -> Refusal | None:
     """Why ``event`` must not be sent, or None if it may go."""
-    if not valid_group_name(event.log_group):
-        return RejectReason.INVALID, f"invalid log group name {event.log_group[:600]!r}"
-    if not valid_stream_name(event.log_stream):
-        return RejectReason.INVALID, f"invalid log stream name {event.log_stream[:600]!r}"
+    refusal = check_names(event.log_group, event.log_stream)
+    if refusal is not None:
+        return refusal
     if not event.message:
         return RejectReason.INVALID, "empty message (CloudWatch requires at least 1 character)"
     try:

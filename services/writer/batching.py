@@ -19,30 +19,39 @@ class EventTooLargeError(ValueError):
 def plan_batches(
     events: Sequence[LogEvent],
     *,
+    sizes: Sequence[int] | None = None,
     max_bytes: int = MAX_BATCH_BYTES,
     max_events: int = MAX_BATCH_EVENTS,
     max_span_ms: int = MAX_BATCH_SPAN_MS,
 ) -> list[range]:
     """Index ranges into ``events`` (already in chronological order), one per batch.
 
-    Greedy: a batch grows until the next event would break a limit.
+    ``sizes[i]``, when given, is ``event_size(events[i].message)`` already computed (UTF-8
+    bytes + 26), so a message is not encoded again. Greedy: a batch grows until the next event
+    would break a limit.
     """
+    if sizes is None:
+        sizes = [event_size(event.message) for event in events]
+    elif len(sizes) != len(events):
+        raise ValueError("one size per event")
     batches: list[range] = []
     start = 0
     size = 0
-    for index, event in enumerate(events):
-        if index > 0 and event.timestamp < events[index - 1].timestamp:
+    first_ts = previous_ts = events[0].timestamp if events else 0
+    for index, (event, event_bytes) in enumerate(zip(events, sizes, strict=True)):
+        timestamp = event.timestamp
+        if timestamp < previous_ts:
             raise ValueError("events must be in chronological order")
-        event_bytes = event_size(event.message)
+        previous_ts = timestamp
         if event_bytes > max_bytes:
             raise EventTooLargeError(f"event {event.event_id!r} is {event_bytes} bytes")
         if index > start and (
             size + event_bytes > max_bytes
             or index - start >= max_events
-            or event.timestamp - events[start].timestamp > max_span_ms
+            or timestamp - first_ts > max_span_ms
         ):
             batches.append(range(start, index))
-            start, size = index, 0
+            start, size, first_ts = index, 0, timestamp
         size += event_bytes
     if start < len(events):
         batches.append(range(start, len(events)))

@@ -31,6 +31,11 @@ class WrittenEvents:
             BoundedTtlCache(max_entries, ttl_seconds, clock) if max_entries > 0 else None
         )
 
+    @property
+    def enabled(self) -> bool:
+        """False with ``max_entries=0``: nothing is remembered (ingest's journal does it)."""
+        return self._cache is not None
+
     def seen(self, event: LogEvent) -> bool:
         if self._cache is None:
             return False

@@ -41,11 +41,8 @@ logger = logging.getLogger(__name__)
 MAX_ISOLATION_PUTS: Final = 64
 
 SequenceTokens = BoundedTtlCache[StreamKey, str | None]
-
-
-def _all(batch: Sequence[LogEvent], outcome: Outcome, reason: RejectReason | None = None,
-         detail: str | None = None) -> list[EventResult]:  # fmt: skip
-    return [EventResult(e.event_id, outcome, reason, detail) for e in batch]
+# Why an event of a batch was not written: (reason, detail).
+Failure = tuple[RejectReason, str | None]
 
 
 class _GiveUp(Exception):
@@ -84,16 +81,25 @@ class BatchSender:
 
     def send(self, group: str, stream: str, batch: Sequence[LogEvent]) -> list[EventResult]:
         """One result per event of ``batch``, in batch order."""
+        failed = self.failures(group, stream, batch)
+        return [
+            EventResult(event.event_id, Outcome.REJECTED, *failed[index])
+            if index in failed
+            else EventResult(event.event_id, Outcome.WRITTEN)
+            for index, event in enumerate(batch)
+        ]
+
+    def failures(self, group: str, stream: str, batch: Sequence[LogEvent]) -> dict[int, Failure]:
+        """Send ``batch``; the events not written, by index in the batch (the rest were)."""
         if not batch:
-            return []
-        budget = [MAX_ISOLATION_PUTS]
-        return self._send(group, stream, batch, budget)
+            return {}
+        return self._send(group, stream, batch, 0, [MAX_ISOLATION_PUTS])
 
     # -- sending --------------------------------------------------------------------------
 
     def _send(
-        self, group: str, stream: str, batch: Sequence[LogEvent], budget: list[int]
-    ) -> list[EventResult]:
+        self, group: str, stream: str, batch: Sequence[LogEvent], offset: int, budget: list[int]
+    ) -> dict[int, Failure]:
         try:
             response = self._put_with_retries(group, stream, batch)
         except _GiveUp as give_up:
@@ -101,22 +107,24 @@ class BatchSender:
                 # The whole call was refused; find out which events are to blame.
                 budget[0] -= 2
                 middle = len(batch) // 2
-                return self._send(group, stream, batch[:middle], budget) + self._send(
-                    group, stream, batch[middle:], budget
-                )
-            return _all(batch, Outcome.REJECTED, give_up.reason, give_up.detail)
+                failed = self._send(group, stream, batch[:middle], offset, budget)
+                failed.update(self._send(group, stream, batch[middle:], offset + middle, budget))
+                return failed
+            failure = (give_up.reason, give_up.detail)
+            return dict.fromkeys(range(offset, offset + len(batch)), failure)
         if response is None:  # DataAlreadyAccepted: the endpoint holds this batch already
-            return _all(batch, Outcome.WRITTEN)
-        rejected = map_rejections(batch, response.get("rejectedLogEventsInfo"), self._now_ms())
-        results = []
-        for index, event in enumerate(batch):
-            reason = rejected.get(index)
-            if reason is None:
-                results.append(EventResult(event.event_id, Outcome.WRITTEN))
-            else:
-                detail = f"rejected by CloudWatch Logs (rejectedLogEventsInfo: {reason.value})"
-                results.append(EventResult(event.event_id, Outcome.REJECTED, reason, detail))
-        return results
+            return {}
+        info = response.get("rejectedLogEventsInfo")
+        if not info:
+            return {}
+        rejected = map_rejections(batch, info, self._now_ms())
+        return {
+            offset + index: (
+                reason,
+                f"rejected by CloudWatch Logs (rejectedLogEventsInfo: {reason.value})",
+            )
+            for index, reason in rejected.items()
+        }
 
     def _put_with_retries(
         self, group: str, stream: str, batch: Sequence[LogEvent]

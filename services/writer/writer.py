@@ -1,47 +1,62 @@
 """The CloudWatch Logs writer: events in, one result per event out.
 
 write() checks each event (admission.py), splits oversized ones (splitting.py), partitions by
-stream (partition.py), orders (ordering.py), batches within every limit (batching.py) and sends
-each batch (sender.py). Streams go in parallel through a bounded pool; within a stream batches go
-one at a time under that stream's lock, which also holds across concurrent write() calls.
+stream (the rule of partition.py, applied while admitting), orders (ordering.py), batches within
+every limit (batching.py) and sends each batch (sender.py). Streams go in parallel through a
+bounded pool; within a stream batches go one at a time under that stream's lock, which also
+holds across concurrent write() calls.
+
+The common case is made cheap, since every event passes here: names and the time window are
+settled once per stream and call, an ASCII message is measured without encoding (its size then
+serves splitting and batching), the in-call duplicate check compares whole events only when
+their ids match, and a result object is made once per event, at the end. Anything unusual
+(non-ASCII, empty, oversized, out of the window) takes the general path of admission.py.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import random as random_module
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from cloudlog.aws import AwsSettings, make_client
 
-from .admission import check_event
+from .admission import check_event, check_names, oldest_allowed_ms
 from .batching import plan_batches
 from .dedupe import WrittenEvents
 from .existence import BoundedTtlCache, ExistenceCache
+from .limits import EVENT_OVERHEAD_BYTES, MAX_FUTURE_MS, event_size
 from .locks import StripedLocks
 from .models import EventResult, GroupOptions, LogEvent, Outcome, RejectReason
 from .observer import WriterObserver
 from .ordering import chronological
-from .partition import StreamKey, partition, stream_key
+from .partition import StreamKey
 from .retry import BackoffPolicy
-from .sender import BatchSender, SequenceTokens
+from .sender import BatchSender, Failure, SequenceTokens
 from .settings import WriterSettings
 from .splitting import SplitError, split_event
 
 logger = logging.getLogger(__name__)
 
-# (index of the input event, the event or one of its parts)
-_Item = tuple[int, LogEvent]
+# (index of the input event, the event or one of its parts, its size: UTF-8 bytes + 26)
+_Item = tuple[int, LogEvent, int]
 
 
 def make_logs_client(settings: WriterSettings, aws: AwsSettings | None = None) -> Any:
     """A CloudWatch Logs client for the writer: botocore's own retries off (our policy governs),
-    timeouts from settings, and a connection pool as wide as the stream pool."""
+    timeouts from settings, and a connection pool as wide as the stream pool.
+
+    botocore's parameter validation is off: it walks every event of every PutLogEvents call
+    (a few microseconds an event), and admission (admission.py) and batching already refuse
+    what CloudWatch would refuse. The client's other calls carry names that the same checks
+    passed, or options validated by the settings.
+    """
     return make_client(
         "logs",
         aws or AwsSettings(),
@@ -49,6 +64,7 @@ def make_logs_client(settings: WriterSettings, aws: AwsSettings | None = None) -
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
         max_pool_connections=settings.stream_parallelism + 2,
+        parameter_validation=False,
     )
 
 
@@ -160,80 +176,123 @@ class CloudWatchWriter:
     # -- steps ----------------------------------------------------------------------------
 
     def _write(self, events: Sequence[LogEvent]) -> list[EventResult]:
-        results: list[EventResult | None] = [None] * len(events)
-        same_as: dict[int, int] = {}  # duplicate input index -> first index
-        items = self._admit(events, results, same_as)
-        failures: dict[int, EventResult] = {}
-        for index, result in self._send_all(events, items):
-            if not result.written:
-                failures.setdefault(index, result)
+        refused: dict[int, EventResult] = {}  # input index -> why it was not written
+        same_as = _duplicates(events)  # duplicate input index -> first index
+        by_stream = self._admit(events, refused, same_as)
+        for index, result in self._send_all(events, by_stream):
+            refused.setdefault(index, result)  # a split event fails with its first failed part
+        written = Outcome.WRITTEN
+        if not refused and not same_as:  # the common case
+            return [EventResult(event.event_id, written) for event in events]
         out: list[EventResult] = []
         for index, event in enumerate(events):
-            first = same_as.get(index, index)
-            final = results[first] or failures.get(first)
-            out.append(final or EventResult(event.event_id, Outcome.WRITTEN))
+            final = refused.get(same_as.get(index, index))
+            out.append(EventResult(event.event_id, written) if final is None else final)
         return out
 
     def _admit(
         self,
         events: Sequence[LogEvent],
-        results: list[EventResult | None],
+        refused: dict[int, EventResult],
         same_as: dict[int, int],
-    ) -> list[_Item]:
-        """Events (or their parts) that may be sent; refusals go straight into ``results``."""
+    ) -> dict[StreamKey, list[_Item]]:
+        """Per stream, the events (or their parts) that may be sent; refusals go into
+        ``refused``. Names and the time window are settled once per stream, and each message
+        is measured once (its size then serves splitting and batching)."""
         now_ms = self._now_ms()
-        items: list[_Item] = []
-        first_index: dict[LogEvent, int] = {}
+        newest = now_ms + MAX_FUTURE_MS
+        budget = self._settings.max_event_bytes - EVENT_OVERHEAD_BYTES
+        by_stream: dict[StreamKey, list[_Item]] = {}
+        # stream -> (its items, the oldest timestamp allowed), or None if its names are invalid
+        streams: dict[StreamKey, tuple[list[_Item], int] | None] = {}
         for index, event in enumerate(events):
-            first = first_index.setdefault(event, index)  # LogEvent is frozen: equal = duplicate
-            if first != index:
-                same_as[index] = first
+            if same_as and index in same_as:
                 continue
-            refusal = check_event(
-                event, now_ms, self._existence.group_retention_days(event.log_group)
+            key = (event.log_group, event.log_stream)
+            stream = streams.get(key, _UNSEEN)
+            if stream is _UNSEEN:
+                stream = streams[key] = self._open_stream(key, now_ms, by_stream)
+            if stream is None:
+                refusal = check_names(*key)
+                assert refusal is not None
+                refused[index] = EventResult(event.event_id, Outcome.REJECTED, *refusal)
+                continue
+            items, oldest = stream
+            message = event.message
+            # ASCII text is its own UTF-8: its length is its size, and it cannot fail to encode.
+            if (
+                message
+                and message.isascii()
+                and len(message) <= budget
+                and oldest <= event.timestamp <= newest
+            ):
+                items.append((index, event, len(message) + EVENT_OVERHEAD_BYTES))
+            else:
+                self._admit_slowly(index, event, now_ms, items, refused)
+        return {key: items for key, items in by_stream.items() if items}
+
+    def _open_stream(
+        self, key: StreamKey, now_ms: int, by_stream: dict[StreamKey, list[_Item]]
+    ) -> tuple[list[_Item], int] | None:
+        if check_names(*key) is not None:
+            return None
+        items = by_stream[key] = []
+        retention = self._existence.group_retention_days(key[0])
+        return items, oldest_allowed_ms(now_ms, retention)
+
+    def _admit_slowly(
+        self,
+        index: int,
+        event: LogEvent,
+        now_ms: int,
+        items: list[_Item],
+        refused: dict[int, EventResult],
+    ) -> None:
+        """Anything off the common path: non-ASCII, empty, oversized, out of the window."""
+        refusal = check_event(event, now_ms, self._existence.group_retention_days(event.log_group))
+        if refusal is not None:
+            refused[index] = EventResult(event.event_id, Outcome.REJECTED, *refusal)
+            return
+        try:
+            parts = split_event(event, self._settings.max_event_bytes)
+        except SplitError as exc:
+            refused[index] = EventResult(
+                event.event_id, Outcome.REJECTED, RejectReason.INVALID, str(exc)
             )
-            if refusal is not None:
-                reason, detail = refusal
-                results[index] = EventResult(event.event_id, Outcome.REJECTED, reason, detail)
-                continue
-            try:
-                parts = split_event(event, self._settings.max_event_bytes)
-            except SplitError as exc:
-                results[index] = EventResult(
-                    event.event_id, Outcome.REJECTED, RejectReason.INVALID, str(exc)
-                )
-                continue
-            items.extend((index, part) for part in parts)
-        return items
+            return
+        items.extend((index, part, event_size(part.message)) for part in parts)
 
     def _send_all(
-        self, events: Sequence[LogEvent], items: list[_Item]
+        self, events: Sequence[LogEvent], by_stream: dict[StreamKey, list[_Item]]
     ) -> list[tuple[int, EventResult]]:
-        by_stream = partition(items, key=lambda item: stream_key(item[1]))
+        """The events not written (a split event may appear once per failed part)."""
         if len(by_stream) <= 1:
             return [
                 pair
-                for key, group in by_stream.items()
-                for pair in self._send_stream(key, events, group)
+                for key, items in by_stream.items()
+                for pair in self._send_stream(key, events, items)
             ]
         futures = [
-            self._pool.submit(self._send_stream, key, events, group)
-            for key, group in by_stream.items()
+            self._pool.submit(self._send_stream, key, events, items)
+            for key, items in by_stream.items()
         ]
         return [pair for future in futures for pair in future.result()]
 
     def _send_stream(
         self, key: StreamKey, originals: Sequence[LogEvent], items: list[_Item]
     ) -> list[tuple[int, EventResult]]:
-        """All of one stream's events, batch after batch, under the stream's lock.
+        """All of one stream's events, batch after batch, under the stream's lock; returns
+        those not written.
 
         Checking and recording written events under the same lock makes the duplicate check
         exact between concurrent write() calls of this writer.
         """
+        remember = self._written.enabled
         with self._locks.lock_for(key):
-            fresh = [item for item in items if not self._written.seen(originals[item[0]])]
+            if remember:
+                items = [item for item in items if not self._written.seen(originals[item[0]])]
             try:
-                out = self._send_batches(key, fresh)
+                failed = self._send_batches(key, items)
             except Exception as exc:
                 # A bug, not an AWS answer: still one result per event, and one that invites
                 # the caller to try again rather than to drop the events.
@@ -241,32 +300,64 @@ class CloudWatchWriter:
                 detail = f"internal writer error: {exc!r}"
                 reason = RejectReason.RETRIES_EXHAUSTED
                 return [
-                    (i, EventResult(e.event_id, Outcome.REJECTED, reason, detail)) for i, e in fresh
+                    (i, EventResult(e.event_id, Outcome.REJECTED, reason, detail))
+                    for i, e, _ in items
                 ]
-            failed = {index for index, result in out if not result.written}
-            for index in {index for index, _ in fresh} - failed:
-                self._written.record(originals[index])
-            return out
+            if remember:
+                failed_indexes = {index for index, _ in failed}
+                for index in {item[0] for item in items} - failed_indexes:
+                    self._written.record(originals[index])
+            return failed
 
     def _send_batches(self, key: StreamKey, items: list[_Item]) -> list[tuple[int, EventResult]]:
         group, stream = key
-        ordered = chronological(items, lambda item: item[1].timestamp)
-        events = [event for _, event in ordered]
-        out: list[tuple[int, EventResult]] = []
-        unreachable: EventResult | None = None
-        for batch_range in plan_batches(events):
+        stamps = [item[1].timestamp for item in items]
+        if not all(map(operator.le, stamps, stamps[1:])):  # already in order, mostly
+            items = chronological(items, lambda item: item[1].timestamp)
+        events = [item[1] for item in items]
+        failed: list[tuple[int, EventResult]] = []
+        unreachable: Failure | None = None
+        for batch_range in plan_batches(events, sizes=[item[2] for item in items]):
             batch = events[batch_range.start : batch_range.stop]
             if unreachable is not None:
                 # The endpoint just exhausted a whole retry budget: do not spend another one
                 # per remaining batch; the caller may retry later.
-                reason, detail = unreachable.reason, unreachable.detail
-                results = [EventResult(e.event_id, Outcome.REJECTED, reason, detail) for e in batch]
+                failures = dict.fromkeys(range(len(batch)), unreachable)
             else:
-                results = self._sender.send(group, stream, batch)
+                failures = self._sender.failures(group, stream, batch)
                 unreachable = next(
-                    (r for r in results if r.reason is RejectReason.RETRIES_EXHAUSTED), None
+                    (f for f in failures.values() if f[0] is RejectReason.RETRIES_EXHAUSTED),
+                    None,
                 )
-            out.extend(
-                (ordered[i][0], result) for i, result in zip(batch_range, results, strict=True)
-            )
-        return out
+            for position, (reason, detail) in failures.items():
+                index, event, _ = items[batch_range.start + position]
+                failed.append(
+                    (index, EventResult(event.event_id, Outcome.REJECTED, reason, detail))
+                )
+        return failed
+
+
+_UNSEEN: Final[Any] = object()
+
+
+def _duplicates(events: Sequence[LogEvent]) -> dict[int, int]:
+    """Input index -> index of the first exact duplicate (same destination, event_id,
+    timestamp and message) earlier in ``events``.
+
+    Keyed by event id first: only events sharing an id are compared whole, so the common
+    case (distinct ids) never hashes a message.
+    """
+    same_as: dict[int, int] = {}
+    first_by_id: dict[str, int] = {}
+    by_event: dict[LogEvent, int] = {}  # events sharing an id with an earlier, different one
+    for index, event in enumerate(events):
+        first = first_by_id.setdefault(event.event_id, index)
+        if first == index:
+            continue
+        if events[first] == event:
+            same_as[index] = first
+            continue
+        earlier = by_event.setdefault(event, index)
+        if earlier != index:
+            same_as[index] = earlier
+    return same_as

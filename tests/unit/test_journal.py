@@ -1,13 +1,23 @@
 from __future__ import annotations
 
+import json
+import tracemalloc
+from array import array
 from pathlib import Path
 
-from services.ingest.journal import DeliveryJournal
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.ingest.journal import DeliveryJournal, FingerprintSet, fingerprint_of, legacy_key
 from services.writer.models import LogEvent
 
 
 def ev(n: int, stream: str = "s", ts: int = 1_000) -> LogEvent:
     return LogEvent(f"id{n}", "g", stream, ts + n, f"m{n}")
+
+
+def keys(*events: LogEvent) -> list[bytes]:
+    return [fingerprint_of(event) for event in events]
 
 
 class Clock:
@@ -27,7 +37,7 @@ def test_written_events_are_remembered_across_a_restart(tmp_path: Path) -> None:
     journal = DeliveryJournal(path, max_entries=1000, ttl_seconds=3600)
     journal.open(nothing_read_back)
     commit = journal.begin([ev(1), ev(2)])
-    journal.finish(commit, [ev(1)])  # ev(2) was rejected, not written
+    journal.finish(commit, keys(ev(1)))  # ev(2) was rejected, not written
     journal.close()
 
     reopened = DeliveryJournal(path, max_entries=1000, ttl_seconds=3600)
@@ -68,9 +78,9 @@ def test_keys_older_than_the_ttl_are_forgotten(tmp_path: Path) -> None:
     path = tmp_path / "j"
     journal = DeliveryJournal(path, max_entries=1000, ttl_seconds=60, clock=clock)
     journal.open(nothing_read_back)
-    journal.finish(journal.begin([ev(1)]), [ev(1)])
+    journal.finish(journal.begin([ev(1)]), keys(ev(1)))
     clock.now += 30
-    journal.finish(journal.begin([ev(2)]), [ev(2)])
+    journal.finish(journal.begin([ev(2)]), keys(ev(2)))
     journal.close()
     clock.now += 45  # ev(1) is 75 s old, ev(2) 45 s
     reopened = DeliveryJournal(path, max_entries=1000, ttl_seconds=60, clock=clock)
@@ -82,7 +92,7 @@ def test_memory_is_bounded_by_max_entries_oldest_out_first(tmp_path: Path) -> No
     journal = DeliveryJournal(None, max_entries=3, ttl_seconds=3600)
     journal.open(nothing_read_back)
     for n in range(5):
-        journal.finish(journal.begin([ev(n)]), [ev(n)])
+        journal.finish(journal.begin([ev(n)]), keys(ev(n)))
     assert len(journal) == 3
     assert [journal.written(ev(n)) for n in range(5)] == [False, False, True, True, True]
 
@@ -91,7 +101,7 @@ def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "j"
     journal = DeliveryJournal(path, max_entries=1000, ttl_seconds=3600)
     journal.open(nothing_read_back)
-    journal.finish(journal.begin([ev(1)]), [ev(1)])
+    journal.finish(journal.begin([ev(1)]), keys(ev(1)))
     journal.close()
     with path.open("a") as out:
         out.write('{"t":"done","c":9,"keys":["ab')  # a crash mid-append
@@ -107,7 +117,7 @@ def test_compaction_keeps_commits_still_in_flight(tmp_path: Path) -> None:
     journal.open(nothing_read_back)
     journal.begin([ev(100, "slow")])
     for n in range(20):
-        journal.finish(journal.begin([ev(n)]), [ev(n)])
+        journal.finish(journal.begin([ev(n)]), keys(ev(n)))
     assert len(path.read_text().splitlines()) < 20, "the file was compacted"
     journal.close()  # the process dies with the slow commit unfinished
 
@@ -116,3 +126,171 @@ def test_compaction_keeps_commits_still_in_flight(tmp_path: Path) -> None:
     assert recovery.unfinished_commits == 1
     assert reopened.written(ev(100, "slow"))
     assert [n for n in range(20) if reopened.written(ev(n))] == [16, 17, 18, 19]
+
+
+# -- the fixed-memory table ------------------------------------------------------------------
+
+Key = tuple[int, int]
+
+
+class ReferenceSet:
+    """The eviction rules of FingerprintSet over an insertion-ordered dict."""
+
+    def __init__(self, capacity: int, ttl: float) -> None:
+        self.capacity, self.ttl = capacity, ttl
+        self.entries: dict[Key, float] = {}
+
+    def expire(self, now: float) -> None:
+        while self.entries:
+            oldest, at = next(iter(self.entries.items()))
+            if at >= now - self.ttl:
+                return
+            del self.entries[oldest]
+
+    def add(self, batch: list[Key], at: float) -> int:
+        added = 0
+        for key in batch:
+            if key in self.entries:
+                continue
+            if len(self.entries) == self.capacity:
+                del self.entries[next(iter(self.entries))]
+            self.entries[key] = at
+            added += 1
+        return added
+
+
+def words_of(batch: list[Key]) -> array[int]:
+    return array("Q", [word for key in batch for word in key])
+
+
+# First words from a small range: home slots collide, so clusters form, wrap around the table
+# and are shifted back on deletion.
+key_strategy = st.tuples(st.integers(0, 40), st.integers(0, 3))
+operation = st.one_of(
+    st.tuples(st.just("add"), st.lists(key_strategy, max_size=12), st.floats(0, 30)),
+    st.tuples(st.just("expire"), st.just([]), st.floats(0, 30)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    capacity=st.integers(1, 9),
+    ttl=st.floats(1, 60),
+    operations=st.lists(operation, max_size=40),
+    probes=st.lists(key_strategy, max_size=20),
+)
+def test_fingerprint_set_behaves_like_the_reference_model(
+    capacity: int,
+    ttl: float,
+    operations: list[tuple[str, list[Key], float]],
+    probes: list[Key],
+) -> None:
+    table = FingerprintSet(capacity, ttl)
+    model = ReferenceSet(capacity, ttl)
+    now = 0.0
+    for kind, batch, step in operations:
+        now += step
+        if kind == "add":
+            assert table.add(words_of(batch), now) == model.add(batch, now)
+        else:
+            table.expire(now)
+            model.expire(now)
+        assert len(table) == len(model.entries)
+        everything = list(model.entries) + probes + batch
+        assert table.contains(words_of(everything)) == [k in model.entries for k in everything]
+    stored = b"".join(data for _, data in table.runs())
+    assert stored == words_of(list(model.entries)).tobytes(), "runs() are oldest first"
+
+
+def test_fingerprint_set_memory_does_not_grow_as_it_fills() -> None:
+    table = FingerprintSet(20_000, ttl_seconds=3600)
+    events = [LogEvent(f"id{n}", "g", "s", n, "m") for n in range(50_000)]
+    batches = [keys(*events[i : i + 2_500]) for i in range(0, len(events), 2_500)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for batch in batches:  # fills it, then evicts 30,000
+            table.add(array("Q", b"".join(batch)), 1.0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(table) == 20_000
+    assert grown < 10_000, f"{grown} bytes allocated by 50,000 adds"
+
+
+def test_eviction_by_count_and_by_age_together(tmp_path: Path) -> None:
+    clock = Clock()
+    journal = DeliveryJournal(tmp_path / "j", max_entries=4, ttl_seconds=100, clock=clock)
+    journal.open(nothing_read_back)
+    for n in range(6):  # 0 and 1 go by count
+        clock.now += 10
+        journal.finish(journal.begin([ev(n)]), keys(ev(n)))
+    assert [journal.written(ev(n)) for n in range(6)] == [False, False, True, True, True, True]
+    clock.now += 75  # ev(2) was written 105 s ago, ev(3) 95 s
+    assert [journal.written(ev(n)) for n in range(6)] == [False] * 3 + [True] * 3
+    assert len(journal) == 3
+    journal.close()
+    reopened = DeliveryJournal(tmp_path / "j", max_entries=4, ttl_seconds=100, clock=clock)
+    assert reopened.open(nothing_read_back).loaded_keys == 3
+    assert [reopened.written(ev(n)) for n in range(6)] == [False] * 3 + [True] * 3
+
+
+def test_keys_are_looked_up_once_per_commit_and_duplicates_in_a_commit_count_once() -> None:
+    journal = DeliveryJournal(None, max_entries=10, ttl_seconds=3600)
+    journal.open(nothing_read_back)
+    events = [ev(1), ev(2), ev(1)]
+    fingerprints = journal.fingerprints(events)
+    assert fingerprints == keys(*events) and len(set(fingerprints)) == 2
+    assert journal.known(events, fingerprints) == [False, False, False]
+    journal.finish(journal.begin(events), fingerprints)
+    assert journal.known(events, fingerprints) == [True, True, True]
+    assert len(journal) == 2
+
+
+def test_a_journal_of_the_previous_format_is_still_honoured(tmp_path: Path) -> None:
+    """96-bit hex keys written before 128-bit fingerprints: honoured until they age out, kept
+    through compaction, and its unfinished commits are recovered."""
+    clock = Clock()
+    path = tmp_path / "j"
+    old_keys = [legacy_key("g", "s", f"id{n}") for n in (1, 2)]
+    lines = [
+        {"t": "done", "at": clock.now - 10, "keys": old_keys[:1]},  # compacted: no "c"
+        {"t": "begin", "c": 7, "streams": [["g", "s", 1_003, 1_003]]},
+        {"t": "begin", "c": 8, "streams": [["g", "slow", 1_004, 1_004]]},
+        {"t": "done", "c": 7, "at": clock.now - 5, "keys": old_keys[1:]},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    journal = DeliveryJournal(path, max_entries=100, ttl_seconds=60, clock=clock)
+    recovery = journal.open(lambda g, s, lo, hi: {"id4"} if s == "slow" else set())
+    assert (recovery.loaded_keys, recovery.unfinished_commits, recovery.recovered_keys) == (2, 1, 1)
+    assert journal.written(ev(1)) and journal.written(ev(2)) and journal.written(ev(4, "slow"))
+    assert not journal.written(ev(3))
+    journal.finish(journal.begin([ev(3)]), keys(ev(3)))
+    assert journal.begin([ev(9)]) > 8, "commit ids continue past the old file's"
+    journal.close()
+
+    reopened = DeliveryJournal(path, max_entries=100, ttl_seconds=60, clock=clock)
+    assert reopened.open(lambda g, s, lo, hi: set()).unfinished_commits == 1  # ev(9)'s
+    assert all(reopened.written(ev(n)) for n in (1, 2, 3)) and reopened.written(ev(4, "slow"))
+    clock.now += 52  # the old keys are now 62 and 57 s old
+    assert [reopened.written(ev(n)) for n in (1, 2, 3)] == [False, True, True]
+    clock.now += 5  # 62 s, 57 s for ev(3)
+    assert [reopened.written(ev(n)) for n in (1, 2, 3)] == [False, False, True]
+
+
+def test_the_file_stays_bounded_when_the_table_is_full(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    journal = DeliveryJournal(path, max_entries=50, ttl_seconds=3600, compact_slack=20)
+    journal.open(nothing_read_back)
+    for commit in range(300):
+        batch = [ev(commit * 10 + i) for i in range(10)]
+        journal.finish(journal.begin(batch), keys(*batch))
+    journal.close()
+    stored = sum(
+        len(json.loads(line).get("keys", "")) // 32 for line in path.read_text().splitlines()
+    )
+    assert stored <= 2 * 50 + 20
+    reopened = DeliveryJournal(path, max_entries=50, ttl_seconds=3600)
+    reopened.open(nothing_read_back)
+    assert [n for n in range(3_000) if reopened.written(ev(n))] == list(range(2_950, 3_000))

@@ -288,7 +288,50 @@ def test_connection_errors_and_create_races_are_retried() -> None:
 def test_an_internal_error_still_yields_one_result_per_event() -> None:
     fake = FakeLogs()
     with make_writer(fake) as writer:
-        writer._sender.send = None  # type: ignore[method-assign,assignment]  # simulate a bug
+        writer._sender.failures = None  # type: ignore[method-assign,assignment]  # simulate a bug
         results = writer.write([ev("1"), ev("2", stream="other")])
     assert [r.reason for r in results] == [RejectReason.RETRIES_EXHAUSTED] * 2
     assert all("internal writer error" in (r.detail or "") for r in results)
+
+
+def test_exact_duplicates_share_a_result_even_among_events_sharing_an_id() -> None:
+    fake = FakeLogs()
+    events = [
+        ev("a", stream="x"),
+        ev("a"),
+        ev("a"),  # an exact duplicate of the one before, not of the first "a"
+        ev("a", msg="same id, other text"),
+        ev("old", NOW_MS - MAX_EVENT_AGE_MS - 1),
+        ev("old", NOW_MS - MAX_EVENT_AGE_MS - 1),
+    ]
+    with make_writer(fake) as writer:
+        results = writer.write(events)
+    assert [r.written for r in results] == [True] * 4 + [False] * 2
+    assert results[5] is results[4]
+    assert fake.messages("g", "x") == ["msg-a"]
+    assert fake.messages("g", "s") == ["msg-a", "same id, other text"]
+
+
+def test_non_ascii_messages_are_measured_in_utf8_bytes() -> None:
+    fake = FakeLogs()
+    fits = "é" * 499  # 998 bytes + 26 = 1,024
+    too_big = "é" * 500  # 1,000 bytes + 26: one byte over
+    with make_writer(fake, max_event_bytes=1024) as writer:
+        results = writer.write([ev("fits", msg=fits), ev("big", NOW_MS + 1, msg=too_big)])
+    assert all(r.written for r in results)
+    stored = fake.messages("g", "s")
+    assert stored[0] == fits
+    assert [parse_marker(m) is not None for m in stored[1:]] == [True] * (len(stored) - 1)
+    assert reassemble(stored) == [fits, too_big]
+
+
+def test_the_writer_client_skips_botocore_parameter_validation() -> None:
+    from botocore.validate import ParamValidationDecorator
+
+    from cloudlog.aws import AwsSettings, make_client
+    from services.writer import make_logs_client
+
+    aws = AwsSettings(aws_endpoint_url="http://127.0.0.1:9")
+    writers = make_logs_client(WriterSettings(), aws)
+    assert not isinstance(writers._serializer, ParamValidationDecorator)
+    assert isinstance(make_client("logs", aws)._serializer, ParamValidationDecorator)
