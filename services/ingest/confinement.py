@@ -11,6 +11,7 @@ Refusals never mention any other tenant or group.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cloudlog.names import (
@@ -61,3 +62,28 @@ def check_stream(name: str, *, field: str) -> str:
     if name == REJECTED_STREAM:
         raise Refusal(field, f"{REJECTED_STREAM!r} is reserved for cloudlog's own reports")
     return name
+
+
+def confine_all(
+    tenant: Tenant, names: Iterable[tuple[str, str]], *, field_prefix: str = ""
+) -> list[tuple[str, str]]:
+    """The resolved (group, stream) for each (group, stream) of ``names``, in order. Each
+    distinct pair is checked once; the first refused one is refused naming its place
+    (``field_prefix`` + index, e.g. ``events.3.log_group``)."""
+    checked: dict[tuple[str, str], tuple[str, str] | Refusal] = {}
+    resolved: list[tuple[str, str]] = []
+    for index, pair in enumerate(names):
+        outcome = checked.get(pair)
+        if outcome is None:
+            try:
+                outcome = (
+                    resolve_group(tenant, pair[0], field="log_group"),
+                    check_stream(pair[1], field="log_stream"),
+                )
+            except Refusal as refusal:
+                outcome = refusal
+            checked[pair] = outcome
+        if isinstance(outcome, Refusal):
+            raise Refusal(f"{field_prefix}{index}.{outcome.field}", outcome.reason)
+        resolved.append(outcome)
+    return resolved
