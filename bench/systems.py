@@ -42,13 +42,13 @@ CLOUDLOG_ENV = {
 }
 # The Flask extension's options (CloudLog(app, **options)); see docs/benchmarks.md for why.
 CLOUDLOG_APP_OPTIONS: dict[str, Any] = {
-    # SQS takes 1 MiB messages (AWS since 2025, moto's default queue). Not 1_048_576: the
-    # dispatcher sizes tasks with compact JSON while kombu writes ", " and ": ", about 5 % more,
-    # so a full task would exceed the limit (see docs/benchmarks.md, core findings).
-    # moto's queue holds 1 MiB messages; with one base64 (cloudlog/broker.py) a task carries
-    # about 1,950 events of ~380 bytes.
+    # SQS takes 1 MiB messages (AWS since 2025, moto's default queue). A task is compressed
+    # JSON (zlib, ~27x on these lines), so the event count, not the message size, bounds it:
+    # 5,000 events are ~60 KB on SQS and ~1.7 MB of JSON POSTed to ingest.
     "max_task_bytes": 1_048_576,
-    "batch_max_events": 1_800,
+    "batch_max_events": 5_000,
+    # Room for several full batches while one is published (the default holds 10,000).
+    "buffer_max_events": 50_000,
     "flush_interval": 1.0,
 }
 # For the throughput burst the app must not drop what it cannot ship yet: block instead.
