@@ -1,7 +1,7 @@
 """The CloudWatch Logs writer: events in, one result per event out.
 
 write() checks each event (admission.py), splits oversized ones (splitting.py), partitions by
-stream (the rule of partition.py, applied while admitting), orders (ordering.py), batches within
+stream (partition.py's StreamKey, while admitting), orders (ordering.py), batches within
 every limit (batching.py) and sends each batch (sender.py). Streams go in parallel through a
 bounded pool; within a stream batches go one at a time under that stream's lock, which also
 holds across concurrent write() calls.

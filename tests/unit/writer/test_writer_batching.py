@@ -12,7 +12,6 @@ from services.writer.limits import (
 )
 from services.writer.models import LogEvent
 from services.writer.ordering import chronological
-from services.writer.partition import partition, stream_key
 
 
 def ev(i: int, ts: int = 0, message: str = "x", group: str = "g", stream: str = "s") -> LogEvent:
@@ -98,10 +97,3 @@ def test_stable_order_for_equal_timestamps() -> None:
     events = [ev(0, 5), ev(1, 3), ev(2, 5), ev(3, 3), ev(4, 1), ev(5, 5)]
     ordered = chronological(events, lambda e: e.timestamp)
     assert [e.event_id for e in ordered] == ["id4", "id1", "id3", "id0", "id2", "id5"]
-
-
-def test_partition_keeps_input_order_per_stream() -> None:
-    events = [ev(0, stream="a"), ev(1, stream="b"), ev(2, stream="a"), ev(3, group="h")]
-    groups = partition(events, stream_key)
-    assert list(groups) == [("g", "a"), ("g", "b"), ("h", "s")]
-    assert [e.event_id for e in groups[("g", "a")]] == ["id0", "id2"]

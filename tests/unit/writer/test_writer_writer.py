@@ -81,6 +81,22 @@ def test_equal_timestamps_keep_input_order() -> None:
     assert fake.messages("g", "s") == expected
 
 
+def test_events_are_partitioned_by_stream_keeping_input_order() -> None:
+    fake = FakeLogs()
+    events = [
+        ev("e0", stream="a"),
+        ev("e1", stream="b"),
+        ev("e2", stream="a"),
+        ev("e3", group="h"),
+        ev("e4", stream="b"),
+    ]
+    with make_writer(fake) as writer:
+        assert all(r.written for r in writer.write(events))
+    assert fake.messages("g", "a") == ["msg-e0", "msg-e2"]
+    assert fake.messages("g", "b") == ["msg-e1", "msg-e4"]
+    assert fake.messages("h", "s") == ["msg-e3"]
+
+
 def test_empty_write() -> None:
     with make_writer(FakeLogs()) as writer:
         assert writer.write([]) == []
