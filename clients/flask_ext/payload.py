@@ -127,7 +127,15 @@ def task_events(batch: Any, encoding: str | None) -> list[dict[str, Any]]:
         return batch
     if not isinstance(batch, str):
         raise PayloadError(f"unexpected batch argument of type {type(batch).__name__}")
-    events = json.loads(decode_events_json(batch, encoding))
+    return parse_events_json(decode_events_json(batch, encoding))
+
+
+def parse_events_json(raw_json: bytes) -> list[dict[str, Any]]:
+    """The events of a batch's decoded JSON; ``PayloadError`` if it is not a list."""
+    try:
+        events = json.loads(raw_json)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PayloadError(f"the batch is not valid JSON: {exc}") from exc
     if not isinstance(events, list):
         raise PayloadError("the batch's JSON is not a list of events")
     return events

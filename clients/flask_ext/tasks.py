@@ -36,8 +36,8 @@ from clients.flask_ext.payload import (
     PayloadError,
     decode_events_json,
     events_json,
+    parse_events_json,
     post_body,
-    task_events,
 )
 from clients.flask_ext.settings import WorkerSettings
 from clients.flask_ext.worker_metrics import CONNECTION, SERVER_ERROR, THROTTLED, WorkerMetrics
@@ -110,7 +110,7 @@ def request_body(
     if not isinstance(batch, str):
         raise PayloadError(f"unexpected batch argument of type {type(batch).__name__}")
     raw = decode_events_json(batch, encoding)
-    count = event_count if isinstance(event_count, int) else len(task_events(batch, encoding))
+    count = event_count if isinstance(event_count, int) else len(parse_events_json(raw))
     return post_body(raw), count
 
 

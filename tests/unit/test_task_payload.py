@@ -95,6 +95,17 @@ def test_a_count_missing_from_the_task_is_read_from_the_events() -> None:
     assert request_body(data, encoding, None)[1] == 3
 
 
+@pytest.mark.parametrize("raw", [b"{not json", b'{"events": []}', b"\xff\xfe"])
+def test_a_batch_that_is_not_a_list_of_events_is_a_payload_error(raw: bytes) -> None:
+    """Without a count in the task the events are counted, and a batch that cannot be is left
+    to the dead-letter queue like any undecodable one (PayloadError), not raised as it comes."""
+    data, encoding = encode(raw, TaskCompression.ZLIB)
+    with pytest.raises(PayloadError):
+        request_body(data, encoding, None)
+    with pytest.raises(PayloadError):
+        task_events(data, encoding)
+
+
 def test_decompression_is_bounded() -> None:
     import zlib
 
