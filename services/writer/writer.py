@@ -23,11 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from cloudlog.aws import AwsSettings, make_client
 
-from .admission import check_event, check_names, oldest_allowed_ms
+from .admission import Refusal, check_event, check_names, oldest_allowed_ms
 from .batching import plan_batches
 from .dedupe import WrittenEvents
 from .existence import BoundedTtlCache, ExistenceCache
@@ -46,6 +46,14 @@ logger = logging.getLogger(__name__)
 
 # (index of the input event, the event or one of its parts, its size: UTF-8 bytes + 26)
 _Item = tuple[int, LogEvent, int]
+
+
+class _Stream(NamedTuple):
+    """One stream as write() admits its events."""
+
+    items: list[_Item]  # what may be sent
+    oldest_ms: int  # the oldest timestamp allowed
+    refusal: Refusal | None  # set if the names are invalid: every event of the stream is refused
 
 
 def make_logs_client(settings: WriterSettings, aws: AwsSettings | None = None) -> Any:
@@ -203,8 +211,7 @@ class CloudWatchWriter:
         newest = now_ms + MAX_FUTURE_MS
         budget = self._settings.max_event_bytes - EVENT_OVERHEAD_BYTES
         by_stream: dict[StreamKey, list[_Item]] = {}
-        # stream -> (its items, the oldest timestamp allowed), or None if its names are invalid
-        streams: dict[StreamKey, tuple[list[_Item], int] | None] = {}
+        streams: dict[StreamKey, _Stream] = {}
         for index, event in enumerate(events):
             if same_as and index in same_as:
                 continue
@@ -212,12 +219,10 @@ class CloudWatchWriter:
             stream = streams.get(key, _UNSEEN)
             if stream is _UNSEEN:
                 stream = streams[key] = self._open_stream(key, now_ms, by_stream)
-            if stream is None:
-                refusal = check_names(*key)
-                assert refusal is not None
-                refused[index] = EventResult(event.event_id, Outcome.REJECTED, *refusal)
+            if stream.refusal is not None:
+                refused[index] = EventResult(event.event_id, Outcome.REJECTED, *stream.refusal)
                 continue
-            items, oldest = stream
+            items, oldest = stream.items, stream.oldest_ms
             message = event.message
             # ASCII text is its own UTF-8: its length is its size, and it cannot fail to encode.
             if (
@@ -233,12 +238,13 @@ class CloudWatchWriter:
 
     def _open_stream(
         self, key: StreamKey, now_ms: int, by_stream: dict[StreamKey, list[_Item]]
-    ) -> tuple[list[_Item], int] | None:
-        if check_names(*key) is not None:
-            return None
+    ) -> _Stream:
+        refusal = check_names(*key)
+        if refusal is not None:
+            return _Stream([], 0, refusal)
         items = by_stream[key] = []
         retention = self._existence.group_retention_days(key[0])
-        return items, oldest_allowed_ms(now_ms, retention)
+        return _Stream(items, oldest_allowed_ms(now_ms, retention), None)
 
     def _admit_slowly(
         self,

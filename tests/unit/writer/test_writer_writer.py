@@ -72,6 +72,23 @@ def test_one_result_per_event_in_input_order_with_reasons() -> None:
     assert "describe_log_streams" not in fake.ops()
 
 
+def test_every_event_of_a_stream_with_invalid_names_is_refused_with_the_reason() -> None:
+    fake = FakeLogs()
+    events = [ev("x1", stream="bad:name"), ev("ok"), ev("x2", stream="bad:name")]
+    with make_writer(fake) as writer:
+        results = writer.write(events)
+    assert [(r.event_id, r.outcome) for r in results] == [
+        ("x1", Outcome.REJECTED),
+        ("ok", Outcome.WRITTEN),
+        ("x2", Outcome.REJECTED),
+    ]
+    for refused in (results[0], results[2]):
+        assert refused.reason is RejectReason.INVALID
+        assert refused.detail == "invalid log stream name 'bad:name'"
+    assert fake.messages("g", "s") == ["msg-ok"]
+    assert all(args.get("logStreamName") != "bad:name" for _, args in fake.calls)
+
+
 def test_equal_timestamps_keep_input_order() -> None:
     fake = FakeLogs()
     events = [ev(f"e{i}", NOW_MS + (i % 3)) for i in range(30)]
