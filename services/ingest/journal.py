@@ -35,10 +35,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import threading
 import time
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,6 +266,8 @@ class DeliveryJournal:
         # Keys from a journal written before fingerprints were 128 bits: key -> written at.
         # Only shrinks (they age out); empty once the file has no such keys.
         self._legacy: dict[str, float] = {}
+        # The same keys by when they were written, oldest first: expiry pops from the front.
+        self._legacy_by_age: deque[tuple[float, list[str]]] = deque()
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
         self._records = 0  # lines in the file
@@ -287,6 +291,7 @@ class DeliveryJournal:
                 elif kind == "done":
                     unfinished.pop(record.get("c", -1), None)
                     loaded += self._load_done(record)
+        self._legacy_by_age = deque(sorted(self._legacy_by_age, key=operator.itemgetter(0)))
         recovered = 0
         for streams in unfinished.values():
             for group, stream, start, end in streams:
@@ -318,6 +323,8 @@ class DeliveryJournal:
         legacy = [key for key in fingerprints if len(key) == 2 * LEGACY_KEY_BYTES]
         fresh = [key for key in legacy if key not in self._legacy]
         self._legacy.update(dict.fromkeys(fresh, at))
+        if fresh:
+            self._legacy_by_age.append((at, fresh))
         return len(fresh)
 
     @staticmethod
@@ -366,8 +373,10 @@ class DeliveryJournal:
 
     def _expire_legacy(self, now: float) -> None:
         horizon = now - self._ttl
-        if any(at < horizon for at in self._legacy.values()):
-            self._legacy = {key: at for key, at in self._legacy.items() if at >= horizon}
+        by_age = self._legacy_by_age
+        while by_age and by_age[0][0] < horizon:
+            for key in by_age.popleft()[1]:
+                del self._legacy[key]
 
     def written(self, event: LogEvent) -> bool:
         return self.known([event], [fingerprint_of(event)])[0]

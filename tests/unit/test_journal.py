@@ -279,6 +279,23 @@ def test_a_journal_of_the_previous_format_is_still_honoured(tmp_path: Path) -> N
     assert [reopened.written(ev(n)) for n in (1, 2, 3)] == [False, False, True]
 
 
+def test_old_format_keys_expire_by_their_own_time_whatever_the_file_order(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "j"
+    ages = {1: 5, 2: 40, 3: 20, 4: 50}  # seconds since written, out of order in the file
+    lines = [
+        {"t": "done", "at": clock.now - age, "keys": [legacy_key("g", "s", f"id{n}")]}
+        for n, age in ages.items()
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    journal = DeliveryJournal(path, max_entries=10, ttl_seconds=60, clock=clock)
+    assert journal.open(nothing_read_back).loaded_keys == 4
+    for advance, expected in ((0, [1, 2, 3, 4]), (15, [1, 2, 3]), (20, [1, 3]), (20, [1])):
+        clock.now += advance
+        assert [n for n in ages if journal.written(ev(n))] == expected
+        assert len(journal) == len(expected)
+
+
 def test_the_file_stays_bounded_when_the_table_is_full(tmp_path: Path) -> None:
     path = tmp_path / "j"
     journal = DeliveryJournal(path, max_entries=50, ttl_seconds=3600, compact_slack=20)
