@@ -141,17 +141,19 @@ class TaskEncoder:
         The body is kombu's JSON of ``[[data], kwargs, embed]`` (Python's separators, ASCII
         escapes), base64-encoded; ``TASK_ENVELOPE_BYTES`` covers the rest.
         """
-        kwargs = task_kwargs(encoding, count, self._api_key)
-        body = len(json.dumps([[], kwargs, CELERY_EMBED]))
+        body = self._body_without_data(encoding, count)
         # data is base64 (ASCII, nothing to escape) or JSON text that kombu escapes again.
         body += len(data) + 2 if encoding == ZLIB_BASE64 else json_size(data)
         return TASK_ENVELOPE_BYTES + base64_size(body)
 
+    def _body_without_data(self, encoding: str, count: int) -> int:
+        """Bytes of the task body (kombu's JSON) around the batch argument."""
+        return len(json.dumps([[], task_kwargs(encoding, count, self._api_key), CELERY_EMBED]))
+
     def event_budget(self) -> int:
         """``json_size`` one event (or part of one) may have so that it travels alone."""
         zlib = self._compression is TaskCompression.ZLIB
-        kwargs = task_kwargs(ZLIB_BASE64 if zlib else PLAIN_JSON, 1, self._api_key)
-        other = len(json.dumps([[], kwargs, CELERY_EMBED]))
+        other = self._body_without_data(ZLIB_BASE64 if zlib else PLAIN_JSON, 1)
         argument = (self._max_task_bytes - TASK_ENVELOPE_BYTES) // 4 * 3 - other
         if zlib:
             compressed = (argument - 2) // 4 * 3
