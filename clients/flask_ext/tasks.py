@@ -89,6 +89,19 @@ def retry_countdown(retries: int, settings: WorkerSettings, retry_after: float |
     return countdown
 
 
+def release(response: httpx.Response) -> None:
+    """Let reference counting free a response whose body has been read.
+
+    httpx 0.28 links a response and its stream both ways (``BoundSyncStream._response``, see
+    encode/httpx#3733), so the response, its request and the request's body (a whole batch, up
+    to ``CLOUDLOG_MAX_BATCH_BYTES``) wait for a full garbage collection. In a worker holding
+    ~130,000 long-lived objects those come seldom: under a steady 2,000 lines/s its memory grew
+    by 6-10 MB a minute. The body is already read (``post`` does not stream), so the stream has
+    nothing left to give; an empty one in its place breaks the cycle.
+    """
+    response.stream = httpx.ByteStream(b"")
+
+
 def parse_retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After")
     try:
@@ -158,6 +171,7 @@ def register_tasks(
             cause = CONNECTION
         else:
             counted.delivery_seconds.observe(time.monotonic() - started)
+            release(response)
             status = response.status_code
             if status == 200:
                 answer = response.json()
