@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from clients.flask_ext.celery_app import create_celery
 from clients.flask_ext.settings import WorkerSettings, check_visibility_timeout
@@ -18,6 +18,7 @@ from clients.flask_ext.tasks import register_tasks
 from clients.flask_ext.worker_metrics import WorkerMetrics, serve_metrics
 from cloudlog.aws import AwsSettings
 from cloudlog.broker import BrokerSettings
+from cloudlog.gc_settle import freeze_startup_objects
 from cloudlog.logging_json import configure_json_logging
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,19 @@ def _keep_our_logging(**kwargs: Any) -> None:
     """A ``setup_logging`` receiver: its presence stops Celery configuring logging itself."""
 
 
+def _settle(**kwargs: Any) -> None:
+    """``worker_ready`` (the process the threads pool runs tasks in) and ``worker_process_init``
+    (each prefork child): startup objects frozen, so that the garbage cycles tasks leave are
+    collected as they come (cloudlog/gc_settle.py)."""
+    freeze_startup_objects()
+
+
 def run_worker(concurrency: int | None = None, loglevel: str = "INFO") -> None:
     """The worker process: JSON logs, the metrics server, then Celery until it is stopped."""
     configure_json_logging(loglevel)
     setup_logging.connect(_keep_our_logging, weak=False)
+    worker_ready.connect(_settle, weak=False)
+    worker_process_init.connect(_settle, weak=False)
     worker = WorkerSettings()
     if concurrency is not None:
         worker = worker.model_copy(update={"worker_concurrency": concurrency})
