@@ -83,7 +83,10 @@ def split_event(event: dict[str, Any], budget: int) -> list[dict[str, Any]]:
         **event.get("fields", {}),
         "cloudlog_part": {"event_id": event["event_id"], "index": 0, "count": 0},
     }
-    room = budget - json_size(skeleton) - 64
+    # json_size bounds the payload's JSON of a message; of the fields, not always: the payload
+    # may write a float longer (0.00001 for 1e-05), so the skeleton counts as the larger of both.
+    skeleton_size = max(json_size(skeleton), len(events_json([skeleton])) - 2)
+    room = budget - skeleton_size - 64
     if room <= 0:
         raise ValueError("event fields alone exceed the task size budget")
     chunks: list[str] = []

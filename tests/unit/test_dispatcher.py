@@ -115,6 +115,22 @@ def test_an_event_over_the_uncompressed_bound_is_split_even_if_it_compresses_wel
 
 
 @pytest.mark.parametrize("compression", list(TaskCompression))
+def test_parts_fit_when_the_payload_writes_the_fields_longer_than_kombu_would(
+    compression: TaskCompression,
+) -> None:
+    """pydantic-core writes 1e-05 as 0.00001: 2,000 of them in the fields outgrow the margin."""
+    event = make_event(1, "z" * 100_000)
+    event["fields"] = {"samples": [1e-05] * 2_000}
+    assert len(events_json([event["fields"]])) > json_size([event["fields"]]) + 64
+    encoder = TaskEncoder(max_task_bytes=262_144, max_batch_bytes=40_000, compression=compression)
+    batches = list(encoder.pack([event]))
+    assert len(batches) >= 4
+    assert all(len(post_body(events_json(b.events))) <= 40_000 for b in batches)
+    assert all(encoder.task_bytes(b.data, b.encoding, b.count) <= 262_144 for b in batches)
+    assert "".join(e["message"] for b in batches for e in b.events) == "z" * 100_000
+
+
+@pytest.mark.parametrize("compression", list(TaskCompression))
 @pytest.mark.parametrize("api_key", [None, "k-" + "9" * 60])
 def test_task_bytes_counts_the_body_exactly_as_kombu_encodes_it(
     compression: TaskCompression, api_key: str | None
