@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,7 @@ class EventBuffer:
                         self._bytes -= old_size
                         self._dropped += 1
                         kept = False
+            events = self._events  # take() may have swapped the queue while this call waited
             events.append((event, size))
             self._bytes += size
             self._accepted += 1
@@ -105,16 +107,25 @@ class EventBuffer:
             self._ready.notify_all()
 
     def take(self, max_events: int) -> list[dict[str, Any]]:
-        """Remove and return up to ``max_events`` events, oldest first."""
-        taken: list[dict[str, Any]] = []
+        """Remove and return up to ``max_events`` events, oldest first.
+
+        The request path waits for the lock meanwhile: when all fit, the queue is swapped out
+        whole; otherwise the events are popped in one comprehension.
+        """
+        taken: Collection[tuple[dict[str, Any], int]]
         with self._lock:
-            while self._events and len(taken) < max_events:
-                event, size = self._events.popleft()
-                self._bytes -= size
-                taken.append(event)
+            events = self._events
+            if len(events) <= max_events:
+                taken = events
+                self._events = deque()
+                self._bytes = 0
+            else:
+                pop = events.popleft
+                taken = [pop() for _ in range(max_events)]
+                self._bytes -= sum(size for _, size in taken)
             if taken:
                 self._not_full.notify_all()
-        return taken
+        return [event for event, _ in taken]
 
     def requeue_front(self, events: list[dict[str, Any]]) -> None:
         """Put events back at the front, in order (a batch that could not be packed whole)."""
