@@ -244,10 +244,12 @@ class Dispatcher:
         return self._thread is not None and self._thread.is_alive()
 
     def ensure_started(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        # Every log call passes here: no os.getpid() system call. In a forked child the
+        # extension's fork hook has already called reset_after_fork, which forgets the thread.
+        if self._thread is not None:
             return
         with self._start_lock:
-            if self._thread is None or self._pid != os.getpid():
+            if self._thread is None:
                 self._pid = os.getpid()
                 self._stop.clear()
                 self._thread = threading.Thread(
