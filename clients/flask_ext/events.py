@@ -62,12 +62,15 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     return repr(value)
 
 
-def current_request_id() -> str:
-    """The request's id: the caller's ``X-Request-ID``, else one made here, kept on ``g``."""
-    request_id: str | None = g.get(G_REQUEST_ID)
+def request_id_of(current: Any, namespace: Any) -> str:
+    """The request's id: the caller's ``X-Request-ID``, else one made here, kept on ``g``.
+
+    ``current`` and ``namespace`` are the request and ``g`` themselves, not their proxies.
+    """
+    request_id: str | None = namespace.get(G_REQUEST_ID)
     if request_id is None:
-        request_id = request.headers.get(REQUEST_ID_HEADER) or request_ids.next()
-        setattr(g, G_REQUEST_ID, request_id)
+        request_id = current.headers.get(REQUEST_ID_HEADER) or request_ids.next()
+        setattr(namespace, G_REQUEST_ID, request_id)
     return request_id
 
 
@@ -76,16 +79,18 @@ def request_fields() -> dict[str, Any]:
 
     Read once per request and kept on ``g`` with the request they describe: ``g`` belongs to
     the app context, which requests pushed inside one app context share. The proxies are
-    resolved once here (each ``g.``/``request.`` access through them costs about a microsecond).
+    resolved once here (each ``g.``/``request.`` access through them costs about a microsecond),
+    and ``g`` is read with its ``get`` (``getattr`` with a default raises and catches an
+    AttributeError inside for a missing name: another microsecond on each request's first line).
     """
     if not has_request_context():
         return {}
     current = request._get_current_object()  # type: ignore[attr-defined]
     namespace = g._get_current_object()
-    cached: tuple[Any, dict[str, Any]] | None = getattr(namespace, G_REQUEST_FIELDS, None)
+    cached: tuple[Any, dict[str, Any]] | None = namespace.get(G_REQUEST_FIELDS)
     if cached is None or cached[0] is not current:
         fields = {
-            "request_id": current_request_id(),
+            "request_id": request_id_of(current, namespace),
             "path": current.path,
             "method": current.method,
         }
