@@ -5,16 +5,33 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install dev test unit integration faults lint typecheck format clean localstack-up localstack-down test-localstack infra-test bench
+.PHONY: install lock dist dev test unit integration faults lint typecheck format clean localstack-up localstack-down test-localstack infra-test bench
 
-$(STAMP): pyproject.toml
+# uv installs the workspace from uv.lock (every machine gets the same versions); pip only
+# bootstraps uv itself into the venv, at the version the lock's dev group pins.
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+MEMBER_PYPROJECTS := $(wildcard libs/*/pyproject.toml clients/*/pyproject.toml services/*/pyproject.toml cli/pyproject.toml devtools/pyproject.toml)
+
+$(STAMP): pyproject.toml uv.lock $(MEMBER_PYPROJECTS)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cloudlog needs Python 3.11 or newer")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	test -x $(UV) || $(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV) sync --quiet --locked --all-packages
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install cloudlog with its dev tools
+install: $(STAMP)  ## create .venv and install every distribution (editable) with the dev tools, from uv.lock
+
+# uv.lock pins the whole workspace; each image installs its service's slice of it, exported.
+IMAGE_SERVICES := ingest worker
+
+lock: $(STAMP)  ## after changing a dependency: update uv.lock and the images' requirements.lock
+	$(UV) lock
+	$(foreach s,$(IMAGE_SERVICES),$(UV) export --quiet --package cloudlog-$(s) --no-dev --frozen --no-editable --no-hashes -o services/$(s)/requirements.lock;)
+
+dist: $(STAMP)  ## build every distribution's wheel and sdist into dist/
+	$(UV) build --quiet --all-packages --out-dir dist
 
 dev: $(STAMP)  ## emulator + ingest + worker + demo app, printing events read back (Ctrl-C stops all)
 	$(VENV)/bin/cloudlog dev
@@ -47,7 +64,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .cloudlog-dev *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .cloudlog-dev dist
 
 # --- infra (issue 7): LocalStack, Docker images, CloudFormation --------------------------------
 LOCALSTACK_ENDPOINT ?= http://127.0.0.1:4566
@@ -70,8 +87,8 @@ infra-test: $(STAMP)  ## the infra checks: compose file, CloudFormation template
 BENCH_STAMP := $(VENV)/.bench-stamp
 BENCH_ARGS ?=
 
-$(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+$(BENCH_STAMP): $(STAMP)
+	$(UV) sync --quiet --locked --all-packages --group bench
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)  ## results to bench/results/ (latest.json, latest.md, *.png); BENCH_ARGS="--soak 300" for the 5-minute soak

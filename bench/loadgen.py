@@ -69,7 +69,7 @@ class Emitter:
 
     def _attach(self, args: argparse.Namespace) -> None:
         if self.system == "cloudlog":
-            from clients.flask_ext import CloudLog
+            from flask_cloudlog import CloudLog
 
             options = json.loads(args.options or "{}")
             CloudLog(

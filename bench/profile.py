@@ -12,7 +12,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from cloudlog.processes import ManagedProcess
+from cloudlog_devtools.processes import ManagedProcess
 
 
 def py_spy_path() -> str | None:

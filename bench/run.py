@@ -39,8 +39,8 @@ from bench.systems import (
     start_system,
     stop_tree,
 )
-from cloudlog.processes import LOOPBACK, ManagedProcess, free_port
-from cloudlog.testing.awsproxy import AwsProxy
+from cloudlog_devtools.awsproxy import AwsProxy
+from cloudlog_devtools.processes import LOOPBACK, ManagedProcess, free_port
 
 LATENCY_RATE = 2_000.0  # lines/s
 LATENCY_SECONDS = 20.0

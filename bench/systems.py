@@ -20,15 +20,15 @@ import boto3
 import psutil
 
 from bench.common import CREDENTIALS, REGION
-from cloudlog.localpipeline import LocalPipeline
-from cloudlog.processes import (
+from cloudlog_devtools.awsproxy import AwsProxy
+from cloudlog_devtools.localpipeline import LocalPipeline
+from cloudlog_devtools.processes import (
     LOOPBACK,
     ManagedProcess,
     cloudlog_command,
     free_port,
     pipeline_env,
 )
-from cloudlog.testing.awsproxy import AwsProxy
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SYSTEMS = ("cloudlog", "naive", "watchtower")

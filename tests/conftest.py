@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from moto.server import ThreadedMotoServer
 
-from cloudlog.aws import AwsSettings, make_client
-from cloudlog.localpipeline import LocalPipeline
-from cloudlog.processes import LOOPBACK, free_port
+from cloudlog_core.aws import AwsSettings, make_client
+from cloudlog_devtools.localpipeline import LocalPipeline
+from cloudlog_devtools.processes import LOOPBACK, free_port
 
 # Set (``make test-localstack``): the pipeline uses this running endpoint, not its own emulator.
 EXTERNAL_ENDPOINT_ENV = "CLOUDLOG_TEST_AWS_ENDPOINT_URL"

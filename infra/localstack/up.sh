@@ -169,8 +169,8 @@ PY
 
 create_queues() {
   CLOUDLOG_AWS_ENDPOINT_URL=$ENDPOINT "$PROJECT_PYTHON" -c '
-from cloudlog.aws import AwsSettings, make_client
-from cloudlog.broker import BrokerSettings, ensure_queues
+from cloudlog_core.aws import AwsSettings, make_client
+from cloudlog_wire.broker import BrokerSettings, ensure_queues
 
 for name, url in ensure_queues(make_client("sqs", AwsSettings()), BrokerSettings()).items():
     print(f"localstack-up: queue {name}: {url}")

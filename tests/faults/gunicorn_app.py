@@ -10,7 +10,7 @@ import os
 
 from flask import Flask
 
-from clients.flask_ext import CloudLog
+from flask_cloudlog import CloudLog
 
 app = Flask("gunicorn-faults")
 CloudLog(app)

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from flask import Flask
 
-from clients.flask_ext import CloudLog, CloudLogState
-from cloudlog.aws import AwsSettings, make_client
-from cloudlog.localpipeline import LocalPipeline
-from cloudlog.processes import free_port
-from cloudlog.testing.awsproxy import AwsProxy
+from cloudlog_core.aws import AwsSettings, make_client
+from cloudlog_devtools.awsproxy import AwsProxy
+from cloudlog_devtools.localpipeline import LocalPipeline
+from cloudlog_devtools.processes import free_port
+from flask_cloudlog import CloudLog, CloudLogState
 from tests.conftest import read_stream
 
 # Short timeouts so that redelivery happens within a test: the longest task run plus retry

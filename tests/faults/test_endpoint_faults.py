@@ -96,7 +96,7 @@ def cloudlog_cli(endpoint: str, *args: str) -> str:
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "cloudlog", *args],
+        [sys.executable, "-m", "cloudlog_cli", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloudlog.aws import AwsSettings, make_client
-from cloudlog.processes import LOOPBACK, ManagedProcess, free_port
+from cloudlog_core.aws import AwsSettings, make_client
+from cloudlog_devtools.processes import LOOPBACK, ManagedProcess, free_port
 from tests.faults.harness import assert_exactly_once, fault_pipeline, wait_for_lines
 
 pytestmark = pytest.mark.faults

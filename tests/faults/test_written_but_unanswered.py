@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlog.testing.awsproxy import AwsProxy
+from cloudlog_devtools.awsproxy import AwsProxy
 from tests.faults.harness import (
     NumberedLines,
     assert_exactly_once,

@@ -10,7 +10,7 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode
 
-from cloudlog.broker import DEFAULT_DEAD_LETTER_QUEUE_NAME, DEFAULT_QUEUE_NAME, BrokerSettings
+from cloudlog_wire.broker import DEFAULT_DEAD_LETTER_QUEUE_NAME, DEFAULT_QUEUE_NAME, BrokerSettings
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "infra" / "aws" / "cloudlog.yaml"
 

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -190,8 +191,8 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 @pytest.mark.parametrize(
     ("dockerfile", "command"),
     [
-        ("Dockerfile.ingest", ["cloudlog", "ingest", "--host", "0.0.0.0"]),
-        ("Dockerfile.worker", ["cloudlog", "worker"]),
+        ("Dockerfile.ingest", ["cloudlog-ingest", "--host", "0.0.0.0"]),
+        ("Dockerfile.worker", ["cloudlog-worker"]),
     ],
 )
 def test_dockerfile_base_user_and_command(dockerfile: str, command: list[str]) -> None:
@@ -202,7 +203,48 @@ def test_dockerfile_base_user_and_command(dockerfile: str, command: list[str]) -
     assert users[-1].split(":")[0] not in ("root", "0")
     cmds = [args for kind, args in steps if kind == "CMD"]
     assert [json.loads(cmd) for cmd in cmds] == [command]
-    assert any(kind == "RUN" and "pip install ." in args for kind, args in steps)
+    assert any(
+        kind == "RUN" and "pip install --no-deps -r requirements.lock" in args
+        for kind, args in steps
+    )
+
+
+@pytest.mark.parametrize("service", ["ingest", "worker"])
+def test_an_image_installs_its_own_distribution_at_the_locked_versions(service: str) -> None:
+    """The image copies its requirements.lock and exactly the workspace folders it names, and
+    that file is what `uv export` of uv.lock gives for the service's distribution now."""
+    lock_file = ROOT / "services" / service / "requirements.lock"
+    uv = Path(sys.executable).with_name("uv")
+    exported = subprocess.run(
+        [
+            str(uv),
+            "export",
+            "--package",
+            f"cloudlog-{service}",
+            *("--no-dev", "--frozen", "--no-editable", "--no-hashes", "--no-header", "--quiet"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        cwd=ROOT,
+    ).stdout
+
+    def requirements(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line and not line.lstrip().startswith("#")]
+
+    assert requirements(lock_file.read_text()) == requirements(exported), (
+        f"{lock_file.relative_to(ROOT)} is stale: run `make lock`"
+    )
+    local = sorted(line.removeprefix("./") for line in requirements(exported) if line[0] == ".")
+    assert f"services/{service}" in local
+    copied = sorted(
+        args.split()[0]
+        for kind, args in instructions(ROOT / f"Dockerfile.{service}")
+        if kind == "COPY" and not args.startswith("services/" + service + "/requirements")
+    )
+    assert copied == local
+    assert "devtools" not in local and "clients/flask_ext" not in local
 
 
 def test_ingest_image_exposes_8080_with_a_healthcheck_on_healthz() -> None:
@@ -235,5 +277,10 @@ def test_dockerignore_keeps_what_the_images_copy_and_drops_local_state() -> None
                     assert not ignored(source), (
                         f"{dockerfile} copies {source}, .dockerignore drops it"
                     )
-    for local in (".venv", ".git", "infra/localstack/.venv", "cloudlog/__pycache__"):
+    for local in (
+        ".venv",
+        ".git",
+        "infra/localstack/.venv",
+        "libs/core/src/cloudlog_core/__pycache__",
+    ):
         assert ignored(local), local

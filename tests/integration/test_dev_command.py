@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlog.processes import free_port, port_in_use
+from cloudlog_devtools.processes import free_port, port_in_use
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def test_dev_prints_read_back_events_and_stops_every_child(tmp_path: Path) -> No
         [
             sys.executable,
             "-m",
-            "cloudlog",
+            "cloudlog_cli",
             "dev",
             f"--emulator-port={emulator_port}",
             f"--ingest-port={ingest_port}",

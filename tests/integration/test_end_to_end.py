@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from clients.flask_ext import CloudLog, CloudLogState
-from cloudlog.localpipeline import LocalPipeline
+from cloudlog_devtools.localpipeline import LocalPipeline
+from flask_cloudlog import CloudLog, CloudLogState
 from tests.conftest import read_stream, wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cloudlog.localpipeline import LocalPipeline
-from cloudlog.tenants import TenantRegistry
+from cloudlog_devtools.localpipeline import LocalPipeline
+from cloudlog_ingest.tenants import TenantRegistry
 from tests.conftest import read_stream
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cloudlog.localpipeline import LocalPipeline
+from cloudlog_devtools.localpipeline import LocalPipeline
 from tests.conftest import read_stream, wait_for
 
 pytestmark = pytest.mark.integration

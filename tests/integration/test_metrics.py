@@ -21,8 +21,8 @@ from flask import Flask
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.flask_ext import CloudLog, CloudLogState
-from cloudlog.localpipeline import LocalPipeline
+from cloudlog_devtools.localpipeline import LocalPipeline
+from flask_cloudlog import CloudLog, CloudLogState
 from tests.conftest import read_stream, wait_for
 
 pytestmark = pytest.mark.integration

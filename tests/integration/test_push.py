@@ -25,13 +25,13 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from cloudlog.aws import AwsSettings, make_client
-from cloudlog.processes import cloudlog_command, free_port
-from cloudlog.push import push_lines
-from cloudlog.testing.awsproxy import PUT_LOG_EVENTS, AwsProxy
-from services.writer import CloudWatchWriter, EventResult, LogEvent, WriterSettings
-from services.writer.splitting import reassemble
-from services.writer.writer import make_logs_client
+from cloudlog_cli.push import push_lines
+from cloudlog_core.aws import AwsSettings, make_client
+from cloudlog_devtools.awsproxy import PUT_LOG_EVENTS, AwsProxy
+from cloudlog_devtools.processes import cloudlog_command, free_port
+from cloudlog_writer import CloudWatchWriter, EventResult, LogEvent, WriterSettings
+from cloudlog_writer.splitting import reassemble
+from cloudlog_writer.writer import make_logs_client
 from tests.conftest import read_stream
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudlog.localpipeline import LocalPipeline
+from cloudlog_devtools.localpipeline import LocalPipeline
 
 pytestmark = pytest.mark.integration
 

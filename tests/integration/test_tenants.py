@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cloudlog.localpipeline import LocalPipeline
-from cloudlog.tenants import TenantRegistry
+from cloudlog_devtools.localpipeline import LocalPipeline
+from cloudlog_ingest.tenants import TenantRegistry
 from tests.conftest import read_stream, wait_for
 
 pytestmark = pytest.mark.integration

@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as note_case
 from hypothesis import strategies as st
 
-from cloudlog.aws import AwsSettings, make_client
-from cloudlog.testing.awsproxy import PUT_LOG_EVENTS, AwsProxy
-from services.writer import (
+from cloudlog_core.aws import AwsSettings, make_client
+from cloudlog_devtools.awsproxy import PUT_LOG_EVENTS, AwsProxy
+from cloudlog_writer import (
     CloudWatchWriter,
     EventResult,
     LogEvent,
@@ -31,13 +31,13 @@ from services.writer import (
     WriterSettings,
     make_logs_client,
 )
-from services.writer.limits import (
+from cloudlog_writer.limits import (
     DEFAULT_MAX_EVENT_BYTES,
     LEGACY_MAX_EVENT_BYTES,
     MAX_EVENT_AGE_MS,
     MAX_FUTURE_MS,
 )
-from services.writer.splitting import reassemble, split_event
+from cloudlog_writer.splitting import reassemble, split_event
 from tests.conftest import read_stream
 
 pytestmark = pytest.mark.integration

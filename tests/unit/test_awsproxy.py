@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
 
-from cloudlog.testing.awsproxy import (
+from cloudlog_devtools.awsproxy import (
     LEGACY_MAX_EVENT_BYTES,
     MAX_BATCH_BYTES,
     AwsProxy,
@@ -736,7 +736,7 @@ def test_failed_upstream_put_does_not_advance_the_token(
 def test_cli_serves_and_prints_counts_on_sigterm(moto_url: str, stream: tuple[str, str]) -> None:
     group, name = stream
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "cloudlog.testing.awsproxy", "--upstream", moto_url]
+    cmd = [sys.executable, "-m", "cloudlog_devtools.awsproxy", "--upstream", moto_url]
     process = subprocess.Popen(
         [*cmd, "--port", "0", "--throttle", "1.0"],
         stdout=subprocess.PIPE,

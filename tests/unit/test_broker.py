@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from clients.flask_ext.settings import WorkerSettings, check_visibility_timeout
-from cloudlog.aws import AwsSettings
-from cloudlog.broker import BrokerSettings, broker_url_for, transport_options_for
+from cloudlog_core.aws import AwsSettings
+from cloudlog_wire.broker import BrokerSettings, broker_url_for, transport_options_for
+from cloudlog_worker.settings import WorkerSettings, check_visibility_timeout
 
 
 def test_local_endpoint_gives_an_sqs_url_with_dummy_credentials_over_http() -> None:

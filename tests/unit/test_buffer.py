@@ -4,8 +4,8 @@ import threading
 import time
 from typing import Any
 
-from clients.flask_ext.buffer import EVENT_OVERHEAD_ESTIMATE, EventBuffer
-from clients.flask_ext.settings import OverflowPolicy
+from flask_cloudlog.buffer import EVENT_OVERHEAD_ESTIMATE, EventBuffer
+from flask_cloudlog.settings import OverflowPolicy
 
 
 def event(n: int, size: int = 1) -> dict[str, Any]:

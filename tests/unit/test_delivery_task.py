@@ -16,9 +16,9 @@ import pytest
 from celery import Celery
 from celery.exceptions import Reject
 
-from clients.flask_ext.payload import encode, events_json, task_kwargs
-from clients.flask_ext.settings import TaskCompression, WorkerSettings
-from clients.flask_ext.tasks import register_tasks, retry_countdown
+from cloudlog_wire.payload import TaskCompression, encode, events_json, task_kwargs
+from cloudlog_worker.settings import WorkerSettings
+from cloudlog_worker.tasks import register_tasks, retry_countdown
 
 EVENTS = [{"event_id": "e1", "timestamp": 1, "log_group": "g", "log_stream": "s", "message": "m"}]
 
@@ -86,7 +86,7 @@ def make_task() -> Iterator[Any]:
 
 def test_a_200_is_delivered_once_with_the_api_key(make_task: Any) -> None:
     task, ingest = make_task([(200, {})], api_key="k-123")
-    assert task.apply(args=[EVENTS]).get() == {"written": 1, "rejected": 0}
+    assert task.apply(**sent(EVENTS)).get() == {"written": 1, "rejected": 0}
     assert len(ingest.calls) == 1
     assert ingest.calls[0] == {"body": {"events": EVENTS}, "auth": "Bearer k-123"}
 
@@ -94,14 +94,14 @@ def test_a_200_is_delivered_once_with_the_api_key(make_task: Any) -> None:
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
 def test_5xx_and_429_are_retried_until_ingest_takes_the_batch(make_task: Any, status: int) -> None:
     task, ingest = make_task([(status, {}), (status, {}), (200, {})])
-    assert task.apply(args=[EVENTS]).get()["written"] == 1
+    assert task.apply(**sent(EVENTS)).get()["written"] == 1
     assert len(ingest.calls) == 3
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 413, 422])
 def test_other_4xx_are_not_retried(make_task: Any, status: int) -> None:
     task, ingest = make_task([(status, {})])
-    result = task.apply(args=[EVENTS]).get()
+    result = task.apply(**sent(EVENTS)).get()
     assert result == {"written": 0, "refused": 1, "status": status}
     assert len(ingest.calls) == 1
 
@@ -110,7 +110,7 @@ def test_past_max_retries_the_message_is_rejected_for_the_dead_letter_queue(
     make_task: Any,
 ) -> None:
     task, ingest = make_task([(503, {})] * 10, max_retries=2)
-    outcome = task.apply(args=[EVENTS])
+    outcome = task.apply(**sent(EVENTS))
     assert isinstance(outcome.result, Reject) and outcome.result.requeue is True
     assert len(ingest.calls) == 3  # the first try and two retries
 
@@ -125,13 +125,13 @@ def test_a_delivered_batch_is_freed_by_reference_counting_alone(make_task: Any) 
     and the whole batch it carried would wait for a full garbage collection (rare in a busy
     worker: its memory grew linearly under load)."""
     task, _ = make_task([])
-    assert task.apply(args=[EVENTS]).get()["written"] == 1  # the client and its connection
+    assert task.apply(**sent(EVENTS)).get()["written"] == 1  # the client and its connection
     gc.collect()
     gc.disable()
     try:
         before = live_responses()
         for _ in range(20):
-            assert task.apply(args=[EVENTS]).get()["written"] == 1
+            assert task.apply(**sent(EVENTS)).get()["written"] == 1
         assert live_responses() == before
     finally:
         gc.enable()
@@ -151,6 +151,12 @@ def encoded(
     """args[0] and kwargs of a task as the publisher sends it (without a key)."""
     data, encoding = encode(events_json(events), compression)
     return data, task_kwargs(encoding, len(events), None)
+
+
+def sent(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """``Task.apply`` arguments for a batch as the publisher sends it (zlib, without a key)."""
+    data, kwargs = encoded(events, TaskCompression.ZLIB)
+    return {"args": [data], "kwargs": kwargs}
 
 
 @pytest.mark.parametrize("compression", list(TaskCompression))
@@ -174,11 +180,12 @@ def test_the_apps_key_travels_as_a_keyword_and_wins(make_task: Any) -> None:
     assert ingest.calls[0]["auth"] == "Bearer app-key"
 
 
-def test_a_batch_in_the_old_list_form_is_still_delivered(make_task: Any) -> None:
-    """Messages queued or dead-lettered before an upgrade carry the events as a list."""
+def test_a_batch_as_a_list_of_events_is_left_to_the_dead_letter_queue(make_task: Any) -> None:
+    """Only the encoded form is published; a list argument is a foreign or corrupt task."""
     task, ingest = make_task([(200, {})])
-    assert task.apply(args=[EVENTS], kwargs={"api_key": "k-old"}).get()["written"] == 1
-    assert ingest.calls == [{"body": {"events": EVENTS}, "auth": "Bearer k-old"}]
+    outcome = task.apply(args=[EVENTS], kwargs={"api_key": "k-old"})
+    assert isinstance(outcome.result, Reject) and outcome.result.requeue is True
+    assert ingest.calls == []
 
 
 def test_a_refused_encoded_batch_counts_its_events_without_parsing(make_task: Any) -> None:

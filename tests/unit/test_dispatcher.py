@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 from kombu.utils.json import dumps as kombu_dumps
 
-from clients.flask_ext.buffer import EventBuffer
-from clients.flask_ext.dispatcher import (
+from cloudlog_wire.payload import (
+    EncodedBatch,
+    TaskCompression,
+    events_json,
+    post_body,
+    task_events,
+    task_kwargs,
+)
+from flask_cloudlog.buffer import EventBuffer
+from flask_cloudlog.dispatcher import (
     CELERY_EMBED,
     TASK_ENVELOPE_BYTES,
     Dispatcher,
@@ -20,14 +28,6 @@ from clients.flask_ext.dispatcher import (
     json_size,
     split_event,
 )
-from clients.flask_ext.payload import (
-    EncodedBatch,
-    events_json,
-    post_body,
-    task_events,
-    task_kwargs,
-)
-from clients.flask_ext.settings import TaskCompression
 
 
 def make_event(n: int, message: str | None = None) -> dict[str, Any]:
@@ -304,7 +304,7 @@ def test_a_task_the_queue_finds_too_long_is_halved_not_retried_forever() -> None
 
 
 def test_event_ids_are_unique_and_differ_in_a_forked_child() -> None:
-    from clients.flask_ext.events import event_ids
+    from flask_cloudlog.events import event_ids
 
     parent_ids = {event_ids.next() for _ in range(10_000)}
     assert len(parent_ids) == 10_000

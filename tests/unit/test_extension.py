@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from clients.flask_ext import CloudLog, CloudLogConfigError, CloudLogState
-from clients.flask_ext.events import level_name
-from clients.flask_ext.handler import CloudLogHandler
-from clients.flask_ext.payload import EncodedBatch, task_events
-from clients.flask_ext.settings import ExtensionSettings
+from cloudlog_wire.payload import EncodedBatch, task_events
+from flask_cloudlog import CloudLog, CloudLogConfigError, CloudLogState
+from flask_cloudlog.events import level_name
+from flask_cloudlog.handler import CloudLogHandler
+from flask_cloudlog.settings import ExtensionSettings
 
 
 def unique_name() -> str:

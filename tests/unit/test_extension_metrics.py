@@ -9,8 +9,8 @@ from typing import Any
 from flask import Flask
 from prometheus_client import CollectorRegistry, generate_latest
 
-from clients.flask_ext import CloudLog, CloudLogState
-from clients.flask_ext.metrics import COUNTERS, GAUGES
+from flask_cloudlog import CloudLog, CloudLogState
+from flask_cloudlog.metrics import COUNTERS, GAUGES
 from tests.unit.test_extension import RecordingPublisher, make_state, unique_name
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import weakref
 
-from cloudlog.gc_settle import freeze_startup_objects, unfreeze
+from cloudlog_core.gc_settle import freeze_startup_objects, unfreeze
 
 
 class Node:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from cloudlog.tenants import TenantRegistry, TenantSettings
-from services.ingest.app import WriterHandle, create_app
-from services.ingest.settings import IngestSettings
-from services.writer.models import EventResult, GroupOptions, LogEvent, Outcome, RejectReason
-from services.writer.observer import WriterObserver
+from cloudlog_ingest.app import WriterHandle, create_app
+from cloudlog_ingest.settings import IngestSettings
+from cloudlog_ingest.tenants import TenantRegistry, TenantSettings
+from cloudlog_writer.models import EventResult, GroupOptions, LogEvent, Outcome, RejectReason
+from cloudlog_writer.observer import WriterObserver
 
 
 class FakeWriter:

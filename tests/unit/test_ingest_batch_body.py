@@ -15,12 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cloudlog.tenants import Tenant
-from services.ingest import confinement
-from services.ingest.confinement import Refusal, confine_all
-from services.ingest.rendering import encode_fields, render_event, render_message
-from services.ingest.routes import _batch_answer
-from services.ingest.schemas import (
+from cloudlog_ingest import confinement
+from cloudlog_ingest.confinement import Refusal, confine_all
+from cloudlog_ingest.rendering import encode_fields, render_event, render_message
+from cloudlog_ingest.routes import _batch_answer
+from cloudlog_ingest.schemas import (
     INCOMING_BATCH,
     MAX_FIELDS_BYTES,
     BatchRequest,
@@ -28,7 +27,8 @@ from services.ingest.schemas import (
     EventResultOut,
     Level,
 )
-from services.writer.models import EventResult, Outcome, RejectReason
+from cloudlog_ingest.tenants import Tenant
+from cloudlog_writer.models import EventResult, Outcome, RejectReason
 from tests.unit.test_ingest_app import FakeWriter, batch_event, running
 
 

@@ -8,11 +8,11 @@ import time
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.ingest.app import create_app
-from services.ingest.metrics import IngestMetrics
-from services.ingest.settings import IngestSettings
-from services.writer.models import EventResult, Outcome, RejectReason
-from services.writer.observer import RetryCause
+from cloudlog_ingest.app import create_app
+from cloudlog_ingest.metrics import IngestMetrics
+from cloudlog_ingest.settings import IngestSettings
+from cloudlog_writer.models import EventResult, Outcome, RejectReason
+from cloudlog_writer.observer import RetryCause
 from tests.unit.test_ingest_app import FakeWriter, batch_event, running
 
 

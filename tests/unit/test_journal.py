@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import tracemalloc
 from array import array
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.ingest.journal import DeliveryJournal, FingerprintSet, fingerprint_of, legacy_key
-from services.writer.models import LogEvent
+from cloudlog_ingest.journal import DeliveryJournal, FingerprintSet, event_fingerprint
+from cloudlog_writer.models import LogEvent
 
 
 def ev(n: int, stream: str = "s", ts: int = 1_000) -> LogEvent:
@@ -17,7 +19,16 @@ def ev(n: int, stream: str = "s", ts: int = 1_000) -> LogEvent:
 
 
 def keys(*events: LogEvent) -> list[bytes]:
-    return [fingerprint_of(event) for event in events]
+    return [event_fingerprint(e.log_group, e.log_stream, e.event_id) for e in events]
+
+
+def written(journal: DeliveryJournal, event: LogEvent) -> bool:
+    return journal.known(keys(event))[0]
+
+
+def hex_keys(*events: LogEvent) -> str:
+    """A done record's "keys", as the journal writes them."""
+    return b"".join(keys(*events)).hex()
 
 
 class Clock:
@@ -42,7 +53,7 @@ def test_written_events_are_remembered_across_a_restart(tmp_path: Path) -> None:
 
     reopened = DeliveryJournal(path, max_entries=1000, ttl_seconds=3600)
     recovery = reopened.open(nothing_read_back)
-    assert reopened.written(ev(1)) and not reopened.written(ev(2))
+    assert written(reopened, ev(1)) and not written(reopened, ev(2))
     assert (recovery.loaded_keys, recovery.unfinished_commits) == (1, 0)
 
 
@@ -62,15 +73,15 @@ def test_a_commit_cut_short_is_recovered_by_reading_its_streams_back(tmp_path: P
     reopened = DeliveryJournal(path, max_entries=1000, ttl_seconds=3600)
     recovery = reopened.open(read_back)
     assert sorted(asked) == [("g", "a", 1_001, 1_005), ("g", "b", 1_002, 1_002)]
-    assert reopened.written(ev(1, "a"))
-    assert not reopened.written(ev(5, "a")) and not reopened.written(ev(2, "b"))
+    assert written(reopened, ev(1, "a"))
+    assert not written(reopened, ev(5, "a")) and not written(reopened, ev(2, "b"))
     assert (recovery.unfinished_commits, recovery.recovered_keys) == (1, 1)
 
     # Recovery is settled: a third start has nothing left to recover.
     reopened.close()
     third = DeliveryJournal(path, max_entries=1000, ttl_seconds=3600)
     assert third.open(nothing_read_back).unfinished_commits == 0
-    assert third.written(ev(1, "a"))
+    assert written(third, ev(1, "a"))
 
 
 def test_keys_older_than_the_ttl_are_forgotten(tmp_path: Path) -> None:
@@ -85,7 +96,7 @@ def test_keys_older_than_the_ttl_are_forgotten(tmp_path: Path) -> None:
     clock.now += 45  # ev(1) is 75 s old, ev(2) 45 s
     reopened = DeliveryJournal(path, max_entries=1000, ttl_seconds=60, clock=clock)
     reopened.open(nothing_read_back)
-    assert not reopened.written(ev(1)) and reopened.written(ev(2))
+    assert not written(reopened, ev(1)) and written(reopened, ev(2))
 
 
 def test_memory_is_bounded_by_max_entries_oldest_out_first(tmp_path: Path) -> None:
@@ -94,7 +105,7 @@ def test_memory_is_bounded_by_max_entries_oldest_out_first(tmp_path: Path) -> No
     for n in range(5):
         journal.finish(journal.begin([ev(n)]), keys(ev(n)))
     assert len(journal) == 3
-    assert [journal.written(ev(n)) for n in range(5)] == [False, False, True, True, True]
+    assert [written(journal, ev(n)) for n in range(5)] == [False, False, True, True, True]
 
 
 def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
@@ -107,7 +118,7 @@ def test_a_torn_last_line_is_ignored(tmp_path: Path) -> None:
         out.write('{"t":"done","c":9,"keys":["ab')  # a crash mid-append
     reopened = DeliveryJournal(path, max_entries=1000, ttl_seconds=3600)
     reopened.open(nothing_read_back)
-    assert reopened.written(ev(1))
+    assert written(reopened, ev(1))
 
 
 def test_compaction_keeps_commits_still_in_flight(tmp_path: Path) -> None:
@@ -124,8 +135,8 @@ def test_compaction_keeps_commits_still_in_flight(tmp_path: Path) -> None:
     reopened = DeliveryJournal(path, max_entries=5, ttl_seconds=3600)
     recovery = reopened.open(lambda g, s, lo, hi: {"id100"} if s == "slow" else set())
     assert recovery.unfinished_commits == 1
-    assert reopened.written(ev(100, "slow"))
-    assert [n for n in range(20) if reopened.written(ev(n))] == [16, 17, 18, 19]
+    assert written(reopened, ev(100, "slow"))
+    assert [n for n in range(20) if written(reopened, ev(n))] == [16, 17, 18, 19]
 
 
 # -- the fixed-memory table ------------------------------------------------------------------
@@ -225,14 +236,14 @@ def test_eviction_by_count_and_by_age_together(tmp_path: Path) -> None:
     for n in range(6):  # 0 and 1 go by count
         clock.now += 10
         journal.finish(journal.begin([ev(n)]), keys(ev(n)))
-    assert [journal.written(ev(n)) for n in range(6)] == [False, False, True, True, True, True]
+    assert [written(journal, ev(n)) for n in range(6)] == [False, False, True, True, True, True]
     clock.now += 75  # ev(2) was written 105 s ago, ev(3) 95 s
-    assert [journal.written(ev(n)) for n in range(6)] == [False] * 3 + [True] * 3
+    assert [written(journal, ev(n)) for n in range(6)] == [False] * 3 + [True] * 3
     assert len(journal) == 3
     journal.close()
     reopened = DeliveryJournal(tmp_path / "j", max_entries=4, ttl_seconds=100, clock=clock)
     assert reopened.open(nothing_read_back).loaded_keys == 3
-    assert [reopened.written(ev(n)) for n in range(6)] == [False] * 3 + [True] * 3
+    assert [written(reopened, ev(n)) for n in range(6)] == [False] * 3 + [True] * 3
 
 
 def test_keys_are_looked_up_once_per_commit_and_duplicates_in_a_commit_count_once() -> None:
@@ -241,59 +252,65 @@ def test_keys_are_looked_up_once_per_commit_and_duplicates_in_a_commit_count_onc
     events = [ev(1), ev(2), ev(1)]
     fingerprints = journal.fingerprints(events)
     assert fingerprints == keys(*events) and len(set(fingerprints)) == 2
-    assert journal.known(events, fingerprints) == [False, False, False]
+    assert journal.known(fingerprints) == [False, False, False]
     journal.finish(journal.begin(events), fingerprints)
-    assert journal.known(events, fingerprints) == [True, True, True]
+    assert journal.known(fingerprints) == [True, True, True]
     assert len(journal) == 2
 
 
-def test_a_journal_of_the_previous_format_is_still_honoured(tmp_path: Path) -> None:
-    """96-bit hex keys written before 128-bit fingerprints: honoured until they age out, kept
-    through compaction, and its unfinished commits are recovered."""
+def test_a_journal_written_before_is_honoured_and_its_commit_ids_continue(tmp_path: Path) -> None:
+    """A file's keys (a compacted done record without "c", a commit's begin and done) are
+    honoured until they age out and kept through compaction; its unfinished commits are
+    recovered."""
     clock = Clock()
     path = tmp_path / "j"
-    old_keys = [legacy_key("g", "s", f"id{n}") for n in (1, 2)]
     lines = [
-        {"t": "done", "at": clock.now - 10, "keys": old_keys[:1]},  # compacted: no "c"
+        {"t": "done", "at": clock.now - 10, "keys": hex_keys(ev(1))},  # compacted: no "c"
         {"t": "begin", "c": 7, "streams": [["g", "s", 1_003, 1_003]]},
         {"t": "begin", "c": 8, "streams": [["g", "slow", 1_004, 1_004]]},
-        {"t": "done", "c": 7, "at": clock.now - 5, "keys": old_keys[1:]},
+        {"t": "done", "c": 7, "at": clock.now - 5, "keys": hex_keys(ev(2))},
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
     journal = DeliveryJournal(path, max_entries=100, ttl_seconds=60, clock=clock)
     recovery = journal.open(lambda g, s, lo, hi: {"id4"} if s == "slow" else set())
     assert (recovery.loaded_keys, recovery.unfinished_commits, recovery.recovered_keys) == (2, 1, 1)
-    assert journal.written(ev(1)) and journal.written(ev(2)) and journal.written(ev(4, "slow"))
-    assert not journal.written(ev(3))
+    assert written(journal, ev(1)) and written(journal, ev(2)) and written(journal, ev(4, "slow"))
+    assert not written(journal, ev(3))
     journal.finish(journal.begin([ev(3)]), keys(ev(3)))
     assert journal.begin([ev(9)]) > 8, "commit ids continue past the old file's"
     journal.close()
 
     reopened = DeliveryJournal(path, max_entries=100, ttl_seconds=60, clock=clock)
     assert reopened.open(lambda g, s, lo, hi: set()).unfinished_commits == 1  # ev(9)'s
-    assert all(reopened.written(ev(n)) for n in (1, 2, 3)) and reopened.written(ev(4, "slow"))
-    clock.now += 52  # the old keys are now 62 and 57 s old
-    assert [reopened.written(ev(n)) for n in (1, 2, 3)] == [False, True, True]
+    assert all(written(reopened, ev(n)) for n in (1, 2, 3)) and written(reopened, ev(4, "slow"))
+    clock.now += 52  # ev(1) and ev(2) are now 62 and 57 s old
+    assert [written(reopened, ev(n)) for n in (1, 2, 3)] == [False, True, True]
     clock.now += 5  # 62 s, 57 s for ev(3)
-    assert [reopened.written(ev(n)) for n in (1, 2, 3)] == [False, False, True]
+    assert [written(reopened, ev(n)) for n in (1, 2, 3)] == [False, False, True]
 
 
-def test_old_format_keys_expire_by_their_own_time_whatever_the_file_order(tmp_path: Path) -> None:
+def test_a_done_record_without_hex_keys_is_skipped_and_its_commit_recovered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     clock = Clock()
     path = tmp_path / "j"
-    ages = {1: 5, 2: 40, 3: 20, 4: 50}  # seconds since written, out of order in the file
     lines = [
-        {"t": "done", "at": clock.now - age, "keys": [legacy_key("g", "s", f"id{n}")]}
-        for n, age in ages.items()
+        {"t": "begin", "c": 3, "streams": [["g", "s", 1_001, 1_002]]},
+        {"t": "done", "c": 3, "at": clock.now - 5, "keys": ["0" * 24]},  # not hex fingerprints
+        {"t": "done", "at": clock.now - 5, "keys": hex_keys(ev(5))},
     ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     journal = DeliveryJournal(path, max_entries=10, ttl_seconds=60, clock=clock)
-    assert journal.open(nothing_read_back).loaded_keys == 4
-    for advance, expected in ((0, [1, 2, 3, 4]), (15, [1, 2, 3]), (20, [1, 3]), (20, [1])):
-        clock.now += advance
-        assert [n for n in ages if journal.written(ev(n))] == expected
-        assert len(journal) == len(expected)
+    with caplog.at_level(logging.WARNING, logger="cloudlog_ingest.journal"):
+        recovery = journal.open(lambda g, s, lo, hi: {"id1"})
+    assert (recovery.loaded_keys, recovery.unfinished_commits, recovery.recovered_keys) == (1, 1, 1)
+    assert written(journal, ev(1)) and written(journal, ev(5)) and not written(journal, ev(2))
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == ["journal: skipped 1 done record(s) whose keys are not hex fingerprints"]
+    journal.close()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert all(isinstance(r["keys"], str) for r in records if r["t"] == "done"), "dropped"
 
 
 def test_the_file_stays_bounded_when_the_table_is_full(tmp_path: Path) -> None:
@@ -310,4 +327,4 @@ def test_the_file_stays_bounded_when_the_table_is_full(tmp_path: Path) -> None:
     assert stored <= 2 * 50 + 20
     reopened = DeliveryJournal(path, max_entries=50, ttl_seconds=3600)
     reopened.open(nothing_read_back)
-    assert [n for n in range(3_000) if reopened.written(ev(n))] == list(range(2_950, 3_000))
+    assert [n for n in range(3_000) if written(reopened, ev(n))] == list(range(2_950, 3_000))

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from typing import Any
 
-from cloudlog.logging_json import JsonFormatter
+from cloudlog_core.logging_json import JsonFormatter
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -81,7 +81,7 @@ def test_configured_process_writes_only_json_lines_on_stdout() -> None:
     script = textwrap.dedent(
         """
         import logging, logging.config, warnings
-        from cloudlog.logging_json import configure_json_logging
+        from cloudlog_core.logging_json import configure_json_logging
         configure_json_logging("info")
         logging.getLogger("uvicorn.error").info("Started server process")
         logging.getLogger("uvicorn.access").info('%s - "%s %s HTTP/%s" %d',

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from services.ingest.readiness import CloudWatchCheck, pending_check
+from cloudlog_ingest.readiness import CloudWatchCheck, pending_check
 from tests.unit.test_ingest_app import FakeWriter, batch_event, running
 from tests.unit.writer.writer_fakes import client_error
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from clients.flask_ext.settings import ExtensionSettings, WorkerSettings
-from cloudlog.aws import AwsSettings
-from cloudlog.broker import BrokerSettings
-from cloudlog.tenants import TenantSettings
-from services.ingest.settings import IngestSettings
-from services.writer.settings import WriterSettings
+from cloudlog_core.aws import AwsSettings
+from cloudlog_ingest.settings import IngestSettings
+from cloudlog_ingest.tenants import TenantSettings
+from cloudlog_wire.broker import BrokerSettings
+from cloudlog_worker.settings import WorkerSettings
+from cloudlog_writer.settings import WriterSettings
+from flask_cloudlog.settings import ExtensionSettings
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 SETTINGS_CLASSES: list[type[BaseSettings]] = [

@@ -10,8 +10,8 @@ from typing import Any
 
 from flask import Flask
 
-from clients.flask_ext import CloudLogState
-from clients.flask_ext.handler import EXCLUSION_MEMO_MAX, _exclusion_memo, is_excluded
+from flask_cloudlog import CloudLogState
+from flask_cloudlog.handler import EXCLUSION_MEMO_MAX, _exclusion_memo, is_excluded
 from tests.unit.test_extension import RecordingPublisher, make_state, unique_name
 
 

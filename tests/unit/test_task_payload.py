@@ -12,24 +12,24 @@ from typing import Any
 import boto3
 import pytest
 
-from clients.flask_ext.buffer import EventBuffer
-from clients.flask_ext.dispatcher import TASK_ENVELOPE_BYTES, Dispatcher
-from clients.flask_ext.payload import (
+from cloudlog_cli.dlq import batch_of, decode_envelope, describe
+from cloudlog_core.aws import LOCAL_ENDPOINT_CREDENTIALS, AwsSettings
+from cloudlog_wire.broker import BrokerSettings
+from cloudlog_wire.payload import (
     MAX_DECOMPRESSED_BYTES,
     PLAIN_JSON,
     ZLIB_BASE64,
     PayloadError,
+    TaskCompression,
     decode_events_json,
     encode,
     events_json,
     task_events,
 )
-from clients.flask_ext.publisher import CeleryPublisher
-from clients.flask_ext.settings import TaskCompression
-from clients.flask_ext.tasks import request_body
-from cloudlog.aws import LOCAL_ENDPOINT_CREDENTIALS, AwsSettings
-from cloudlog.broker import BrokerSettings
-from cloudlog.dlq import batch_of, decode_envelope, describe
+from cloudlog_worker.tasks import request_body
+from flask_cloudlog.buffer import EventBuffer
+from flask_cloudlog.dispatcher import TASK_ENVELOPE_BYTES, Dispatcher
+from flask_cloudlog.publisher import CeleryPublisher
 
 API_KEY = "tenant-key-" + "s" * 40
 
@@ -83,11 +83,13 @@ def test_a_lone_surrogate_does_not_stop_its_batch() -> None:
     assert task_events(data, encoding) == events
 
 
-def test_the_old_list_form_reads_as_itself() -> None:
+def test_a_list_form_batch_is_refused_as_a_payload_error() -> None:
+    # Only the encoded form was ever published: a list argument is a corrupt or foreign task.
     events = SAMPLES["unicode"]
-    assert task_events(events, None) == events
-    body, count = request_body(events, None, None)
-    assert json.loads(body) == {"events": events} and count == 1
+    with pytest.raises(PayloadError):
+        task_events(events, None)
+    with pytest.raises(PayloadError):
+        request_body(events, None, None)
 
 
 def test_a_count_missing_from_the_task_is_read_from_the_events() -> None:
@@ -207,14 +209,11 @@ def sqs_message(args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@pytest.mark.parametrize("form", ["zlib", "json", "list"])
-def test_dlq_describes_both_forms(form: str) -> None:
+@pytest.mark.parametrize("form", ["zlib", "json"])
+def test_dlq_describes_both_encodings(form: str) -> None:
     events = [event(n, f"line {n}") for n in range(5)]
-    if form == "list":
-        message = sqs_message([events], {"api_key": "k"})
-    else:
-        data, encoding = encode(events_json(events), TaskCompression(form.replace("json", "none")))
-        message = sqs_message([data], {"encoding": encoding, "event_count": 5})
+    data, encoding = encode(events_json(events), TaskCompression(form.replace("json", "none")))
+    message = sqs_message([data], {"encoding": encoding, "event_count": 5})
     letter = describe(message)
     assert letter.events == 5 and letter.error is None
     assert letter.streams == ["shop/web-0", "shop/web-1", "shop/web-2"]

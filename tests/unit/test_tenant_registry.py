@@ -9,10 +9,10 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from cloudlog.tenants import TenantError, TenantRegistry, hash_key
-from services.ingest.bodylimit import BodySizeLimit
-from services.ingest.confinement import Refusal, check_stream, resolve_group
-from services.ingest.quotas import Quotas, TokenBucket
+from cloudlog_ingest.bodylimit import BodySizeLimit
+from cloudlog_ingest.confinement import Refusal, check_stream, resolve_group
+from cloudlog_ingest.quotas import Quotas, TokenBucket
+from cloudlog_ingest.tenants import TenantError, TenantRegistry, hash_key
 
 
 def test_the_key_is_returned_once_and_only_its_hash_is_stored(tmp_path: Path) -> None:

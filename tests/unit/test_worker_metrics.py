@@ -12,11 +12,11 @@ from celery import Celery
 from celery.exceptions import Reject
 from prometheus_client import CollectorRegistry
 
-from clients.flask_ext.settings import WorkerSettings
-from clients.flask_ext.tasks import register_tasks
-from clients.flask_ext.worker_metrics import WorkerMetrics, serve_metrics
-from cloudlog.processes import LOOPBACK, free_port
-from tests.unit.test_delivery_task import EVENTS, ScriptedIngest
+from cloudlog_devtools.processes import LOOPBACK, free_port
+from cloudlog_worker.metrics import WorkerMetrics, serve_metrics
+from cloudlog_worker.settings import WorkerSettings
+from cloudlog_worker.tasks import register_tasks
+from tests.unit.test_delivery_task import EVENTS, ScriptedIngest, sent
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -55,7 +55,7 @@ def deliver() -> Iterator[Any]:
 
 def test_a_delivered_batch_counts_its_written_and_rejected_events(deliver: Any) -> None:
     task, metrics = deliver([(200, {})], {"written": 2, "rejected": 1, "results": []})
-    task.apply(args=[EVENTS]).get()
+    task.apply(**sent(EVENTS)).get()
     registry = metrics.registry
     assert value(registry, "cloudlog_worker_batches_delivered_total") == 1
     assert value(registry, "cloudlog_worker_events_written_total") == 2
@@ -65,7 +65,7 @@ def test_a_delivered_batch_counts_its_written_and_rejected_events(deliver: Any) 
 
 def test_retries_are_counted_by_cause(deliver: Any) -> None:
     task, metrics = deliver([(429, {}), (503, {}), (500, {}), (200, {})])
-    task.apply(args=[EVENTS]).get()
+    task.apply(**sent(EVENTS)).get()
     registry = metrics.registry
     assert value(registry, "cloudlog_worker_retries_total", cause="throttled") == 1
     assert value(registry, "cloudlog_worker_retries_total", cause="server_error") == 2
@@ -76,7 +76,7 @@ def test_retries_are_counted_by_cause(deliver: Any) -> None:
 
 def test_an_unreachable_ingest_is_a_connection_retry_then_the_dead_letter(deliver: Any) -> None:
     task, metrics = deliver([], ingest_url=f"http://{LOOPBACK}:{free_port()}", max_retries=1)
-    outcome = task.apply(args=[EVENTS])
+    outcome = task.apply(**sent(EVENTS))
     assert isinstance(outcome.result, Reject)
     registry = metrics.registry
     assert value(registry, "cloudlog_worker_retries_total", cause="connection") == 1
@@ -86,8 +86,8 @@ def test_an_unreachable_ingest_is_a_connection_retry_then_the_dead_letter(delive
 
 def test_a_refused_batch_is_counted_with_its_status_and_events(deliver: Any) -> None:
     task, metrics = deliver([(401, {}), (422, {})])
-    task.apply(args=[EVENTS + EVENTS]).get()
-    task.apply(args=[EVENTS]).get()
+    task.apply(**sent(EVENTS + EVENTS)).get()
+    task.apply(**sent(EVENTS)).get()
     registry = metrics.registry
     assert value(registry, "cloudlog_worker_batches_refused_total", status="401") == 1
     assert value(registry, "cloudlog_worker_batches_refused_total", status="422") == 1

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.writer.admission import check_event
-from services.writer.limits import MAX_EVENT_AGE_MS, MAX_FUTURE_MS, MS_PER_DAY
-from services.writer.models import LogEvent, RejectReason
+from cloudlog_writer.admission import check_event
+from cloudlog_writer.limits import MAX_EVENT_AGE_MS, MAX_FUTURE_MS, MS_PER_DAY
+from cloudlog_writer.models import LogEvent, RejectReason
 
 NOW = 1_800_000_000_000
 

@@ -2,16 +2,16 @@ from __future__ import annotations
 
 import pytest
 
-from services.writer.batching import EventTooLargeError, plan_batches
-from services.writer.limits import (
+from cloudlog_writer.batching import EventTooLargeError, plan_batches
+from cloudlog_writer.limits import (
     EVENT_OVERHEAD_BYTES,
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
     MAX_BATCH_SPAN_MS,
     event_size,
 )
-from services.writer.models import LogEvent
-from services.writer.ordering import chronological
+from cloudlog_writer.models import LogEvent
+from cloudlog_writer.ordering import chronological
 
 
 def ev(i: int, ts: int = 0, message: str = "x", group: str = "g", stream: str = "s") -> LogEvent:

@@ -10,14 +10,14 @@ from botocore.exceptions import (
 )
 from writer_fakes import client_error
 
-from services.writer.errors import (
+from cloudlog_writer.errors import (
     ErrorKind,
     classify,
     describe,
     expected_sequence_token,
     reject_reason,
 )
-from services.writer.models import RejectReason
+from cloudlog_writer.models import RejectReason
 
 
 @pytest.mark.parametrize(

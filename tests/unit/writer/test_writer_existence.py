@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from services.writer.existence import BoundedTtlCache, ExistenceCache
-from services.writer.locks import StripedLocks
+from cloudlog_writer.existence import BoundedTtlCache, ExistenceCache
+from cloudlog_writer.locks import StripedLocks
 
 
 class Clock:

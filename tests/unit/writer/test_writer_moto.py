@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from writer_fakes import StrictClient
 
-from cloudlog.aws import AwsSettings
-from services.writer import CloudWatchWriter, LogEvent, RejectReason, WriterSettings
-from services.writer.limits import LEGACY_MAX_EVENT_BYTES, MAX_EVENT_AGE_MS, MAX_FUTURE_MS
-from services.writer.splitting import reassemble
-from services.writer.writer import make_logs_client
+from cloudlog_core.aws import AwsSettings
+from cloudlog_writer import CloudWatchWriter, LogEvent, RejectReason, WriterSettings
+from cloudlog_writer.limits import LEGACY_MAX_EVENT_BYTES, MAX_EVENT_AGE_MS, MAX_FUTURE_MS
+from cloudlog_writer.splitting import reassemble
+from cloudlog_writer.writer import make_logs_client
 
 pytestmark = pytest.mark.integration
 

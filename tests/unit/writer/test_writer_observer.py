@@ -6,8 +6,8 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from writer_fakes import FakeLogs, client_error
 
-from services.writer import CloudWatchWriter, LogEvent, RetryCause, WriterSettings
-from services.writer.errors import retry_cause
+from cloudlog_writer import CloudWatchWriter, LogEvent, RetryCause, WriterSettings
+from cloudlog_writer.errors import retry_cause
 
 NOW_MS = 1_800_000_000_000
 

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from services.writer.limits import MAX_EVENT_AGE_MS, MAX_FUTURE_MS
-from services.writer.models import LogEvent, RejectReason
-from services.writer.rejections import map_rejections
+from cloudlog_writer.limits import MAX_EVENT_AGE_MS, MAX_FUTURE_MS
+from cloudlog_writer.models import LogEvent, RejectReason
+from cloudlog_writer.rejections import map_rejections
 
 NOW = 1_800_000_000_000
 

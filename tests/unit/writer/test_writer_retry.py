@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from services.writer.retry import BackoffPolicy
+from cloudlog_writer.retry import BackoffPolicy
 
 
 class FakeTime:

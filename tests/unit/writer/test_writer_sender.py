@@ -8,10 +8,10 @@ import pytest
 from botocore.stub import Stubber
 from writer_fakes import FakeLogs, client_error
 
-from services.writer.existence import BoundedTtlCache, ExistenceCache
-from services.writer.models import GroupOptions, LogEvent, Outcome, RejectReason
-from services.writer.retry import BackoffPolicy
-from services.writer.sender import BatchSender
+from cloudlog_writer.existence import BoundedTtlCache, ExistenceCache
+from cloudlog_writer.models import GroupOptions, LogEvent, Outcome, RejectReason
+from cloudlog_writer.retry import BackoffPolicy
+from cloudlog_writer.sender import BatchSender
 
 NOW = 1_800_000_000_000
 

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.writer.limits import LEGACY_MAX_EVENT_BYTES, event_size
-from services.writer.models import LogEvent
-from services.writer.splitting import SplitError, marker, parse_marker, reassemble, split_event
+from cloudlog_writer.limits import LEGACY_MAX_EVENT_BYTES, event_size
+from cloudlog_writer.models import LogEvent
+from cloudlog_writer.splitting import SplitError, marker, parse_marker, reassemble, split_event
 
 
 def event(message: str, event_id: str = "01HXYZ") -> LogEvent:

@@ -7,7 +7,7 @@ import pytest
 from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from writer_fakes import FakeLogs, client_error
 
-from services.writer import (
+from cloudlog_writer import (
     CloudWatchWriter,
     GroupOptions,
     LogEvent,
@@ -15,14 +15,14 @@ from services.writer import (
     RejectReason,
     WriterSettings,
 )
-from services.writer.limits import (
+from cloudlog_writer.limits import (
     MAX_BATCH_EVENTS,
     MAX_BATCH_SPAN_MS,
     MAX_EVENT_AGE_MS,
     MAX_FUTURE_MS,
     MS_PER_DAY,
 )
-from services.writer.splitting import parse_marker, reassemble
+from cloudlog_writer.splitting import parse_marker, reassemble
 
 NOW_MS = 1_800_000_000_000
 
@@ -361,8 +361,8 @@ def test_non_ascii_messages_are_measured_in_utf8_bytes() -> None:
 def test_the_writer_client_skips_botocore_parameter_validation() -> None:
     from botocore.validate import ParamValidationDecorator
 
-    from cloudlog.aws import AwsSettings, make_client
-    from services.writer import make_logs_client
+    from cloudlog_core.aws import AwsSettings, make_client
+    from cloudlog_writer import make_logs_client
 
     aws = AwsSettings(aws_endpoint_url="http://127.0.0.1:9")
     writers = make_logs_client(WriterSettings(), aws)

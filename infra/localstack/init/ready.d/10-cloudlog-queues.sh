@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LocalStack init hook (mounted into /etc/localstack/init/ready.d by docker-compose.yml): once
 # LocalStack is ready, create cloudlog's queue and its dead-letter queue with a redrive policy,
-# with exactly the names and attributes of cloudlog.broker.ensure_queues, so that either may run
+# with exactly the names and attributes of cloudlog_wire.broker.ensure_queues, so that either may run
 # first and the other still succeeds (CreateQueue is idempotent only for identical attributes).
 set -euo pipefail
 

@@ -1,0 +1,3 @@
+from cloudlog_cli.cli import main
+
+main()

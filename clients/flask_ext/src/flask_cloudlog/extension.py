@@ -1,0 +1,272 @@
+"""``CloudLog``: the Flask extension.
+
+Configuration, all optional, as ``CLOUDLOG_*`` keys in ``app.config`` (keyword options to
+``CloudLog(...)`` and ``CLOUDLOG_*`` environment variables serve as defaults, in that order):
+see ``ExtensionSettings`` and the README's table. ``init_app`` validates them at once, registers
+the per-app state at ``app.extensions["cloudlog"]`` and attaches a handler to ``app.logger``.
+It does no I/O: the dispatcher thread starts with the first event.
+
+``app.extensions["cloudlog"].stats()`` gives the buffer's depth and what was dropped and
+published; ``.register_metrics(registry=None)`` shows the same to Prometheus (metrics.py).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import socket
+import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+from pydantic import ValidationError
+
+from cloudlog_core.names import check_log_group, check_log_stream
+from flask_cloudlog.buffer import BufferStats, EventBuffer
+from flask_cloudlog.dispatcher import Dispatcher
+from flask_cloudlog.events import json_safe, make_event, request_fields
+from flask_cloudlog.handler import CloudLogHandler
+from flask_cloudlog.metrics import register_state
+from flask_cloudlog.publisher import CeleryPublisher
+from flask_cloudlog.settings import ExtensionSettings
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+EXTENSION_KEY = "cloudlog"
+logger = logging.getLogger(__name__)
+
+
+class CloudLogConfigError(ValueError):
+    """A ``CLOUDLOG_*`` setting is invalid."""
+
+
+def _default_log_group(app: Flask) -> str:
+    name = re.sub(r"[^.\-_/#A-Za-z0-9]", "-", app.name).strip("-") or "app"
+    return f"cloudlog/{name}"
+
+
+def _default_log_stream() -> str:
+    return socket.gethostname().replace(":", "-").replace("*", "-") or "default"
+
+
+class CloudLogState:
+    """Everything cloudlog keeps for one app."""
+
+    def __init__(
+        self, settings: ExtensionSettings, publisher: Any = None, *, app_name: str = ""
+    ) -> None:
+        self.settings = settings
+        self.app_name = app_name
+        self.log_stream = settings.log_stream or _default_log_stream()
+        self.buffer = EventBuffer(
+            max_events=settings.buffer_max_events,
+            max_bytes=settings.buffer_max_bytes,
+            policy=settings.overflow_policy,
+            block_timeout=settings.block_timeout,
+        )
+        self.publisher = publisher or CeleryPublisher(
+            settings.broker(), settings.aws(), settings.api_key
+        )
+        self.dispatcher = Dispatcher(
+            self.buffer,
+            self.publisher,
+            batch_max_events=settings.batch_max_events,
+            max_task_bytes=settings.max_task_bytes,
+            flush_interval=settings.flush_interval,
+            publish_retry_max_seconds=settings.publish_retry_max_seconds,
+            max_batch_bytes=settings.max_batch_bytes,
+            compression=settings.task_compression,
+            api_key=settings.api_key,
+        )
+        self._wake_at = settings.batch_max_events
+        self.handler = CloudLogHandler(self, level=settings.level)
+        self.empty_messages = 0
+        self._warned_drop = False
+        self._closed = False
+        _register_fork_and_exit_hooks(self)
+
+    def accept(self, event: dict[str, Any]) -> None:
+        """Take one event from the request path: buffer it and make sure the dispatcher runs."""
+        if self._closed:
+            return
+        if not event["message"]:
+            # CloudWatch refuses empty messages (PutLogEvents: message length >= 1).
+            self.empty_messages += 1
+            return
+        kept = self.buffer.put(event, wake_at=self._wake_at)
+        self.dispatcher.ensure_started()
+        if not kept and not self._warned_drop:
+            self._warned_drop = True
+            logger.warning(
+                "cloudlog: buffer full (%s), events are being dropped; "
+                "see app.extensions['cloudlog'].stats()",
+                self.settings.overflow_policy.value,
+            )
+
+    def log(
+        self,
+        level: str,
+        message: str,
+        *,
+        log_group: str | None = None,
+        log_stream: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Log one line directly, optionally to another group or stream, with structured fields."""
+        level_name = level.lower()
+        if level_name not in ("debug", "info", "warning", "error", "critical"):
+            raise ValueError(f"unknown level {level!r}")
+        event_fields = request_fields()
+        event_fields.update({key: json_safe(value) for key, value in fields.items()})
+        self.accept(
+            make_event(
+                message=message,
+                level=level_name,
+                timestamp_ms=int(time.time() * 1000),
+                logger=None,
+                log_group=check_log_group(log_group) if log_group else self.log_group,
+                log_stream=check_log_stream(log_stream) if log_stream else self.log_stream,
+                fields=event_fields,
+            )
+        )
+
+    @property
+    def log_group(self) -> str:
+        return self.settings.log_group or ""
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Publish everything logged so far. True if the buffer emptied within the timeout."""
+        if len(self.buffer) and not self.dispatcher.is_running:
+            self.dispatcher.ensure_started()
+        return self.dispatcher.flush(self.settings.shutdown_timeout if timeout is None else timeout)
+
+    def close(self) -> bool:
+        """Publish what is left (within ``CLOUDLOG_SHUTDOWN_TIMEOUT``) and stop. Idempotent."""
+        if self._closed:
+            return True
+        self._closed = True
+        return self.dispatcher.close(self.settings.shutdown_timeout)
+
+    def stats(self) -> dict[str, int]:
+        buffered: BufferStats = self.buffer.stats()
+        return {
+            "buffered_events": buffered.depth,
+            "buffered_bytes": buffered.bytes,
+            "accepted_events": buffered.accepted,
+            "dropped_events": buffered.dropped,
+            "empty_messages": self.empty_messages,
+            "published_events": self.dispatcher.published_events,
+            "published_tasks": self.dispatcher.published_tasks,
+            "publish_failures": self.dispatcher.publish_failures,
+            "abandoned_events": self.dispatcher.abandoned_events,
+        }
+
+    def register_metrics(self, registry: CollectorRegistry | None = None) -> None:
+        """Show :meth:`stats` to Prometheus, read at each scrape, labelled ``app=<app name>``.
+
+        ``registry``: default prometheus_client's global one (what ``make_wsgi_app()`` and
+        ``start_http_server()`` serve unless told otherwise). Registering the same app again
+        replaces it; several apps share one registry, one label value each.
+        """
+        register_state(self, self.app_name, registry)
+
+    def _after_fork_in_child(self) -> None:
+        self.buffer.reset_after_fork()
+        self.dispatcher.reset_after_fork()
+        if isinstance(self.publisher, CeleryPublisher):
+            self.publisher.reset_after_fork()
+
+
+def _register_fork_and_exit_hooks(state: CloudLogState) -> None:
+    ref = weakref.ref(state)
+
+    def before_fork() -> None:
+        if (alive := ref()) is not None:
+            alive.dispatcher.before_fork()
+
+    def after_fork_in_parent() -> None:
+        if (alive := ref()) is not None:
+            alive.dispatcher.after_fork_in_parent()
+
+    def after_fork() -> None:
+        if (alive := ref()) is not None:
+            alive._after_fork_in_child()
+
+    def at_exit() -> None:
+        if (alive := ref()) is not None:
+            alive.close()
+
+    os.register_at_fork(
+        before=before_fork, after_in_parent=after_fork_in_parent, after_in_child=after_fork
+    )
+    atexit.register(at_exit)
+
+
+class CloudLog:
+    """The Flask extension. ``CloudLog(app)`` or ``CloudLog()`` then ``init_app(app)``.
+
+    Keyword options are defaults for the ``CLOUDLOG_*`` keys: ``CloudLog(log_group="shop")``
+    sets ``CLOUDLOG_LOG_GROUP`` unless ``app.config`` already has it.
+    """
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        known = set(ExtensionSettings.model_fields)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown CloudLog option(s): {', '.join(unknown)}")
+        self._options = options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("CloudLog is already initialised on this app")
+        for name, value in self._options.items():
+            app.config.setdefault(f"CLOUDLOG_{name.upper()}", value)
+        settings = self._settings_from_config(app)
+        for key, name in ExtensionSettings.config_keys().items():
+            app.config.setdefault(key, getattr(settings, name))
+        state = CloudLogState(settings, app_name=app.name)
+        app.extensions[EXTENSION_KEY] = state
+        if CloudLogHandler._default_state is None:
+            CloudLogHandler._default_state = state
+        if settings.attach_to_app_logger:
+            app.logger.addHandler(state.handler)
+            wanted = logging.getLevelName(settings.level)
+            if app.logger.getEffectiveLevel() > wanted:
+                app.logger.setLevel(wanted)
+
+    @staticmethod
+    def _settings_from_config(app: Flask) -> ExtensionSettings:
+        given = {
+            name: app.config[key]
+            for key, name in ExtensionSettings.config_keys().items()
+            if key in app.config
+        }
+        try:
+            settings = ExtensionSettings(**given)
+            group = settings.log_group or _default_log_group(app)
+            check_log_group(group)
+            if settings.log_stream:
+                check_log_stream(settings.log_stream)
+        except (ValidationError, ValueError) as exc:
+            raise CloudLogConfigError(f"invalid cloudlog configuration: {exc}") from exc
+        return settings.model_copy(update={"log_group": group})
+
+    @staticmethod
+    def state() -> CloudLogState:
+        """The current app's state; a clear error when ``init_app`` was not called."""
+        state: CloudLogState | None = current_app.extensions.get(EXTENSION_KEY)
+        if state is None:
+            raise RuntimeError("CloudLog.init_app(app) was not called for the current app")
+        return state
+
+    def log(self, level: str, message: str, **kwargs: Any) -> None:
+        self.state().log(level, message, **kwargs)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return self.state().flush(timeout)

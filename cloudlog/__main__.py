@@ -1,3 +1,0 @@
-from cloudlog.cli import main
-
-main()

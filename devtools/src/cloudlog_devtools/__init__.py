@@ -1,0 +1,1 @@
+"""Development only: the embedded AWS endpoint, the strict CloudWatch proxy, ``cloudlog dev``."""

@@ -1,0 +1,1 @@
+"""Shared by every cloudlog component: AWS endpoint settings, CloudWatch name rules, logging."""

@@ -1,0 +1,1 @@
+"""The queue contract of producers, the worker and ``cloudlog dlq``: task, payload, broker."""

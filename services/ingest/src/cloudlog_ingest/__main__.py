@@ -1,0 +1,3 @@
+from cloudlog_ingest.serve import main
+
+main()

@@ -1,0 +1,177 @@
+"""The FastAPI application. Clients (boto3, the writer) are created in ``lifespan``.
+
+Each app has its own metrics registry (metrics.py), served at ``/metrics``; ``/readyz`` checks
+CloudWatch Logs and the writer's backlog (readiness.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from cloudlog_core.gc_settle import freeze_startup_objects, unfreeze
+from cloudlog_ingest import health, routes
+from cloudlog_ingest.bodylimit import BodySizeLimit
+from cloudlog_ingest.journal import DeliveryJournal, ReadBack
+from cloudlog_ingest.metrics import CountRefusals, IngestMetrics
+from cloudlog_ingest.pipeline import WriteFunction, WritePipeline
+from cloudlog_ingest.quotas import Quotas
+from cloudlog_ingest.readback import event_ids_in_stream
+from cloudlog_ingest.readiness import CloudWatchCheck, Probe, describe_log_groups_probe
+from cloudlog_ingest.settings import IngestSettings, get_settings
+from cloudlog_ingest.tenants import TenantRegistry, TenantSettings
+from cloudlog_writer import (
+    CloudWatchWriter,
+    GroupOptions,
+    WriterObserver,
+    WriterSettings,
+    make_logs_client,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterHandle:
+    write: WriteFunction
+    close: Callable[[], None]
+    read_back: ReadBack  # event ids already stored in a stream's time range
+
+
+GroupOptionsFor = Callable[[str], GroupOptions]
+# Builds the writer, given the options for groups it creates and who watches its calls (the
+# metrics); tests may pass their own.
+WriterFactory = Callable[[GroupOptionsFor, WriterObserver], WriterHandle]
+LOG_ROUTES = frozenset({"/logs", "/v1/logs"})  # whose refusals are counted
+
+
+def default_writer_factory(
+    group_options: GroupOptionsFor, observer: WriterObserver
+) -> WriterHandle:
+    # No WrittenEvents in the writer: the journal already recognises redelivered events (by
+    # group, stream and event_id), durably; a second memory of them would only cost CPU and RAM.
+    writer_settings = WriterSettings().model_copy(update={"dedupe_max_entries": 0})
+    client = make_logs_client(writer_settings)
+    writer = CloudWatchWriter(
+        client, writer_settings, group_options=group_options, observer=observer
+    )
+    return WriterHandle(
+        write=writer.write,
+        close=writer.close,
+        read_back=lambda group, stream, start, end: event_ids_in_stream(
+            client, group, stream, start, end
+        ),
+    )
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    parts = [str(part) for part in location if part != "body"]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 with FastAPI's ``detail`` list, plus one readable line per field."""
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    messages = [f"{_field_path(tuple(error['loc']))}: {error['msg']}" for error in errors]
+    detail = [
+        {"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in errors
+    ]
+    return JSONResponse(status_code=422, content={"detail": detail, "errors": messages})
+
+
+def tenant_group_options(registry: TenantRegistry, defaults: GroupOptions) -> GroupOptionsFor:
+    """Retention, tags and KMS key for a group: its tenant's, else the writer's defaults."""
+
+    def options(group: str) -> GroupOptions:
+        tenant = registry.owner_of(group)
+        if tenant is None:
+            return defaults
+        return GroupOptions(
+            retention_days=tenant.retention_days or defaults.retention_days,
+            kms_key_id=tenant.kms_key_id or defaults.kms_key_id,
+            tags={**defaults.tags, **tenant.tags},
+        )
+
+    return options
+
+
+def create_app(
+    settings: IngestSettings | None = None,
+    writer_factory: WriterFactory | None = None,
+    tenant_settings: TenantSettings | None = None,
+    cloudwatch_probe: Probe | None = None,
+) -> FastAPI:
+    """``cloudwatch_probe`` raises when CloudWatch Logs does not answer (for ``/readyz``);
+    default: DescribeLogGroups with ``ready_timeout_seconds``."""
+    settings = settings or get_settings()
+    tenant_settings = tenant_settings or TenantSettings()
+    build_writer = writer_factory or default_writer_factory
+    metrics = IngestMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = TenantRegistry.load(tenant_settings.tenants_path)
+        if not registry.tenants():
+            logger.warning(
+                "no tenants in %s: every request will be refused (cloudlog tenant create NAME)",
+                tenant_settings.tenants_path,
+            )
+        app.state.tenants = registry
+        app.state.tenants_checked = time.monotonic()
+        app.state.tenants_reload_seconds = tenant_settings.tenants_reload_seconds
+        app.state.quotas = Quotas()
+        writer = build_writer(
+            tenant_group_options(registry, WriterSettings().default_group_options()), metrics
+        )
+        journal = DeliveryJournal(
+            settings.journal_path,
+            max_entries=settings.journal_max_entries,
+            ttl_seconds=settings.journal_ttl_seconds,
+        )
+        recovery = await asyncio.to_thread(journal.open, writer.read_back)
+        logger.info("journal: %s", recovery)
+        pipeline = WritePipeline(
+            writer.write,
+            max_pending_events=settings.max_pending_events,
+            max_pending_events_per_tenant=settings.max_pending_events_per_tenant,
+            max_commit_events=settings.max_commit_events,
+            journal=journal,
+            metrics=metrics,
+        )
+        pipeline.start()
+        app.state.pipeline = pipeline
+        # What exists now lives as long as the service: keep it out of every later garbage
+        # collection, which otherwise walks it again and again while requests allocate
+        # (1-2 us per event in the benchmark), and lets request garbage wait (gc_settle.py).
+        freeze_startup_objects()
+        try:
+            yield
+        finally:
+            unfreeze()
+            await pipeline.stop(settings.shutdown_timeout_seconds)
+            writer.close()
+            journal.close()
+
+    app = FastAPI(title="cloudlog ingest", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.cloudwatch_check = CloudWatchCheck(
+        cloudwatch_probe or describe_log_groups_probe(settings.ready_timeout_seconds),
+        timeout_seconds=settings.ready_timeout_seconds,
+        cache_seconds=settings.ready_cache_seconds,
+    )
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CountRefusals, metrics=metrics, routes=LOG_ROUTES)  # outside BodySizeLimit
+    app.include_router(health.router)
+    app.include_router(routes.router)
+    return app

@@ -1,0 +1,126 @@
+"""Readiness: is this instance fit to take traffic now? (``GET /readyz``)
+
+Two checks, both must pass:
+
+- ``cloudwatch``: CloudWatch Logs answers a cheap call (DescribeLogGroups, one group) within a
+  short timeout. The answer is remembered for a few seconds, and one call at most is in flight,
+  so however often probes come, the endpoint sees about one call per cache period. An answer
+  that refuses the call (AccessDenied, throttling) still shows the endpoint reachable: the
+  ingest policy need not allow DescribeLogGroups.
+- ``pending``: events accepted but not yet written stay below a fraction of the bound
+  (``max_pending_events``); past it the writer is saturated and new work would soon get 429s.
+
+A pipeline that is shutting down, or not started, is not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from cloudlog_core.aws import AwsSettings, make_client
+from cloudlog_writer.errors import THROTTLING_CODES, describe, error_code
+
+# A call refused with one of these was still answered by CloudWatch Logs. Not in the list:
+# invalid or expired credentials (UnrecognizedClientException, ...), which fail writes too.
+ANSWERED_CODES = frozenset({"AccessDeniedException", "AccessDenied"}) | THROTTLING_CODES
+
+Probe = Callable[[], None]  # raises when CloudWatch Logs does not answer
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    ok: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "detail": self.detail}
+
+
+def describe_log_groups_probe(timeout_seconds: float, aws: AwsSettings | None = None) -> Probe:
+    """DescribeLogGroups(limit=1) on a client of its own, made on first use, with short
+    timeouts and no retries, so a probe never outlives ``timeout_seconds`` by much."""
+    client: Any = None
+
+    def probe() -> None:
+        nonlocal client
+        if client is None:
+            client = make_client(
+                "logs",
+                aws or AwsSettings(),
+                connect_timeout=timeout_seconds,
+                read_timeout=timeout_seconds,
+                max_attempts=1,
+                max_pool_connections=1,
+            )
+        client.describe_log_groups(limit=1)
+
+    return probe
+
+
+class CloudWatchCheck:
+    """Runs the probe in a thread, with a timeout, at most once per ``cache_seconds``."""
+
+    def __init__(
+        self,
+        probe: Probe,
+        *,
+        timeout_seconds: float,
+        cache_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._probe = probe
+        self._timeout = timeout_seconds
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._last: CheckResult | None = None
+        self._checked_at = 0.0
+        self.calls = 0  # probes actually run
+
+    def _fresh(self) -> CheckResult | None:
+        if self._last is not None and self._clock() - self._checked_at < self._cache_seconds:
+            return self._last
+        return None
+
+    async def __call__(self) -> CheckResult:
+        if (cached := self._fresh()) is not None:
+            return cached
+        async with self._lock:  # one probe in flight; the others wait for its answer
+            if (cached := self._fresh()) is not None:
+                return cached
+            result = await self._run()
+            if self._last is None or self._last.ok != result.ok:  # say so when it changes
+                logger.log(
+                    logging.INFO if result.ok else logging.WARNING, "readyz: %s", result.detail
+                )
+            self._last, self._checked_at = result, self._clock()
+            return result
+
+    async def _run(self) -> CheckResult:
+        self.calls += 1
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self._probe), self._timeout)
+        except TimeoutError:
+            return CheckResult(False, f"CloudWatch Logs did not answer within {self._timeout:g} s")
+        except ClientError as exc:
+            if error_code(exc) in ANSWERED_CODES:
+                return CheckResult(True, f"CloudWatch Logs answered ({describe(exc)})")
+            return CheckResult(False, f"CloudWatch Logs: {describe(exc)}")
+        except Exception as exc:
+            return CheckResult(False, f"CloudWatch Logs unreachable: {describe(exc)}")
+        return CheckResult(True, "CloudWatch Logs answered")
+
+
+def pending_check(pending: int, bound: int, fraction: float) -> CheckResult:
+    """Ready while fewer than ``fraction`` of ``bound`` events are pending."""
+    limit = max(1, int(bound * fraction))
+    detail = f"{pending} events pending, ready below {limit} ({fraction:.0%} of {bound})"
+    return CheckResult(pending < limit, detail)

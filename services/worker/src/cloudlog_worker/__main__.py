@@ -1,0 +1,3 @@
+from cloudlog_worker.worker import main
+
+main()

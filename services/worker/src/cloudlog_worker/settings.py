@@ -1,0 +1,59 @@
+"""Settings of the Celery worker that delivers batches to ingest (``CLOUDLOG_*`` variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cloudlog_wire.broker import BrokerSettings
+
+# Where the worker serves Prometheus metrics unless told otherwise (0 turns them off).
+DEFAULT_WORKER_METRICS_PORT = 9808
+
+
+class WorkerSettings(BaseSettings):
+    """The Celery worker that delivers batches to the ingest service."""
+
+    model_config = SettingsConfigDict(env_prefix="CLOUDLOG_", extra="ignore")
+
+    ingest_url: str = "http://127.0.0.1:8080"
+    api_key: str | None = None
+    worker_concurrency: int = Field(default=4, ge=1, le=256)
+    worker_pool: str = "threads"
+    http_connect_timeout: float = Field(default=5.0, gt=0, le=60)
+    # Ingest answers after the write; a commit under throttling may take a while.
+    http_read_timeout: float = Field(default=60.0, gt=0, le=900)
+    max_retries: int = Field(default=20, ge=0, le=1000)
+    retry_backoff_base: float = Field(default=1.0, gt=0, le=60)
+    retry_backoff_max: float = Field(default=300.0, gt=0, le=3600)
+    # Prometheus metrics on http://HOST:PORT/metrics (worker_metrics.py); port 0: none.
+    worker_metrics_port: int = Field(default=DEFAULT_WORKER_METRICS_PORT, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
+
+    @field_validator("worker_pool")
+    @classmethod
+    def _known_pool(cls, value: str) -> str:
+        if value not in ("threads", "prefork", "solo"):
+            raise ValueError("must be threads, prefork or solo")
+        return value
+
+    @model_validator(mode="after")
+    def _positive_backoff(self) -> WorkerSettings:
+        if self.retry_backoff_max < self.retry_backoff_base:
+            raise ValueError("retry_backoff_max must be at least retry_backoff_base")
+        return self
+
+    def longest_task_seconds(self) -> float:
+        """One run (an HTTP call) plus the longest retry countdown."""
+        return self.http_connect_timeout + self.http_read_timeout + self.retry_backoff_max
+
+
+def check_visibility_timeout(worker: WorkerSettings, broker: BrokerSettings) -> None:
+    """SQS redelivers a message still being worked on once its visibility timeout passes."""
+    needed = worker.longest_task_seconds()
+    if broker.visibility_timeout <= needed:
+        raise ValueError(
+            f"CLOUDLOG_VISIBILITY_TIMEOUT ({broker.visibility_timeout} s) must exceed the longest "
+            f"task run plus retry countdown ({needed:.0f} s): raise it or lower "
+            "CLOUDLOG_HTTP_READ_TIMEOUT / CLOUDLOG_RETRY_BACKOFF_MAX"
+        )
