@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,9 @@ class EventBuffer:
         self._bytes = 0
         self._dropped = 0
         self._accepted = 0
+        # Called (with the lock held) when a full batch waits or on wake(): how a dispatcher
+        # serving many buffers from one thread hears of this one (delivery.py).
+        self.on_ready: Callable[[], None] | None = None
         self._reinit_locks()
 
     def _reinit_locks(self) -> None:
@@ -93,8 +96,12 @@ class EventBuffer:
             events.append((event, size))
             self._bytes += size
             self._accepted += 1
-            if len(events) >= wake_at:
+            waiting = len(events)
+            if waiting >= wake_at:
                 self._ready.notify()
+                # Once, as the batch fills: the runner's thread also looks at every tick.
+                if waiting == wake_at and self.on_ready is not None:
+                    self.on_ready()
         return kept
 
     def wait_for_events(self, count: int, timeout: float) -> None:
@@ -105,6 +112,8 @@ class EventBuffer:
     def wake(self) -> None:
         with self._lock:
             self._ready.notify_all()
+            if self.on_ready is not None:
+                self.on_ready()
 
     def take(self, max_events: int) -> list[dict[str, Any]]:
         """Remove and return up to ``max_events`` events, oldest first.

@@ -6,6 +6,10 @@ compression per batch, see payload.py) that stay under the SQS message limit and
 uncompressed JSON stays under ingest's body limit, and publishes them. When the broker is
 unreachable it retries with capped exponential backoff and full jitter while the buffer's policy
 bounds what waits.
+
+A ``Dispatcher`` serves one buffer. Alone it runs a thread of its own; given a ``runner`` (the
+process-wide ``ProcessDispatcher`` of delivery.py, what the extension uses) it has no thread:
+the runner's one thread drains every app's dispatcher, and the runner handles fork and exit.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from cloudlog_wire.payload import (
     PLAIN_JSON,
@@ -49,6 +53,22 @@ FORK_WAIT_S = 15.0
 MAX_BACKOFF_EXPONENT = 16  # 2**16 * 0.1 s is far past any cap; keeps the float finite
 
 Publish = Callable[[EncodedBatch], None]
+
+
+class Runner(Protocol):
+    """The one thread that drains many dispatchers (delivery.ProcessDispatcher)."""
+
+    stop: threading.Event
+    publishing: threading.Lock
+    broker_reached: bool
+    broker_failed: bool
+
+    @property
+    def is_running(self) -> bool: ...
+
+    def attach(self, dispatcher: Dispatcher) -> None: ...
+
+    def wake(self) -> None: ...
 
 
 def json_size(value: Any) -> int:
@@ -209,8 +229,12 @@ class Dispatcher:
         max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
         compression: TaskCompression = TaskCompression.ZLIB,
         api_key: str | None = None,
+        runner: Runner | None = None,
     ) -> None:
-        """``api_key``: the key the publisher sends with each task (it counts in a task's size)."""
+        """``api_key``: the key the publisher sends with each task (it counts in a task's size).
+
+        ``runner``: drive this dispatcher from the runner's thread instead of one of its own.
+        """
         self._buffer = buffer
         self._publish = publish
         self._batch_max_events = batch_max_events
@@ -223,6 +247,17 @@ class Dispatcher:
         self._flush_interval = flush_interval
         self._retry_max = publish_retry_max_seconds
         self._thread: threading.Thread | None = None
+        self._runner = runner
+        self._started = False
+        self._closed = False
+        # Held while this dispatcher's buffer is drained: the runner's thread, or close().
+        self._drain_lock = threading.Lock()
+        self._flush_requested = False
+        # Events taken from the buffer and not yet published or put back (one batch at most).
+        self.in_flight = 0
+        self.last_drain = 0.0
+        if runner is not None:
+            buffer.on_ready = runner.wake
         self._pid = os.getpid()
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
@@ -241,22 +276,79 @@ class Dispatcher:
         return self._batch_max_events
 
     @property
+    def flush_interval(self) -> float:
+        return self._flush_interval
+
+    @property
+    def buffer(self) -> EventBuffer:
+        return self._buffer
+
+    @property
     def is_running(self) -> bool:
+        if self._runner is not None:
+            return self._started and self._runner.is_running
         return self._thread is not None and self._thread.is_alive()
 
     def ensure_started(self) -> None:
-        # Every log call passes here: no os.getpid() system call. In a forked child the
-        # extension's fork hook has already called reset_after_fork, which forgets the thread.
-        if self._thread is not None:
+        # Every log call passes here: one attribute test, no os.getpid() system call. In a
+        # forked child the fork hook has already called reset_after_fork, which forgets it all.
+        if self._started:
             return
         with self._start_lock:
-            if self._thread is None:
+            if self._started:
+                return
+            if self._runner is not None:
+                self._runner.attach(self)
+            else:
                 self._pid = os.getpid()
                 self._stop.clear()
                 self._thread = threading.Thread(
                     target=self._run, name="cloudlog-dispatcher", daemon=True
                 )
                 self._thread.start()
+            self._started = True
+
+    def is_due(self, now: float) -> bool:
+        """For the runner: a full batch waits, a flush was asked for, or the interval passed."""
+        waiting = len(self._buffer)
+        return bool(waiting) and (
+            waiting >= self._batch_max_events
+            or self._flush_requested
+            or now - self.last_drain >= self._flush_interval
+        )
+
+    def drain_due(self, now: float) -> None:
+        """For the runner's thread: publish what is buffered, as this dispatcher's thread would."""
+        if self._closed or not self._drain_lock.acquire(blocking=False):
+            return
+        try:
+            self._flush_requested = False
+            self.last_drain = now
+            self._drain(deadline=None, full_batches_after_first=True)
+        finally:
+            self._drain_lock.release()
+
+    def finish(self, deadline: float) -> int:
+        """For the runner at exit: publish what is left by ``deadline``, quietly. Returns how many
+        events were given up on (counted in ``abandoned_events``); the runner reports them all."""
+        self._closed = True
+        if len(self._buffer) == 0:
+            return 0
+        if time.monotonic() < deadline:
+            self._drain(deadline=deadline, quiet=True)
+        return self.abandon_all()
+
+    def abandon_all(self) -> int:
+        """Give up on everything still buffered; returns how many."""
+        left = len(self._buffer.take(len(self._buffer) + 1_000_000))
+        self.abandoned_events += left
+        return left
+
+    def _stop_event(self) -> threading.Event:
+        return self._stop if self._runner is None else self._runner.stop
+
+    def _publish_lock(self) -> threading.Lock:
+        return self._publishing if self._runner is None else self._runner.publishing
 
     def before_fork(self) -> None:
         """Never fork in the middle of a publish.
@@ -278,6 +370,8 @@ class Dispatcher:
         self._publishing = threading.Lock()
         self._held_for_fork = False
         self._thread = None
+        self._started = False
+        self._drain_lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -288,7 +382,9 @@ class Dispatcher:
             self._buffer.wait_for_events(self._batch_max_events, self._flush_interval)
             self._drain(deadline=None, full_batches_after_first=True)
 
-    def _drain(self, deadline: float | None, full_batches_after_first: bool = False) -> bool:
+    def _drain(
+        self, deadline: float | None, full_batches_after_first: bool = False, quiet: bool = False
+    ) -> bool:
         """Publish what is buffered. False if the deadline passed first.
 
         ``full_batches_after_first``: after the first batch, go on only while a full batch
@@ -309,17 +405,20 @@ class Dispatcher:
                 return True
             first = False
             self._idle.clear()
+            self.in_flight = len(events)
             try:
-                left = self._publish_batches(self._encode(events), deadline)
+                left = self._publish_batches(self._encode(events), deadline, quiet)
                 if left is not None:
-                    if deadline is None:
-                        # Stopping without a deadline: keep them for the final flush.
+                    if deadline is None or quiet:
+                        # Stopping without a deadline: keep them for the final flush. Quiet: the
+                        # caller counts them with everything else it gives up on.
                         self._buffer.requeue_front(left)
                     else:
                         self.abandoned_events += len(left)
                         logger.error("cloudlog: gave up on %d events at shutdown", len(left))
                     return False
             finally:
+                self.in_flight = 0
                 self._idle.set()
 
     def _encode(self, events: list[dict[str, Any]]) -> list[EncodedBatch]:
@@ -339,23 +438,25 @@ class Dispatcher:
         return batches
 
     def _publish_batches(
-        self, batches: list[EncodedBatch], deadline: float | None
+        self, batches: list[EncodedBatch], deadline: float | None, quiet: bool = False
     ) -> list[dict[str, Any]] | None:
         """Publish in order. None once all are published; else the events that were not."""
         for index, batch in enumerate(batches):
-            left = self._publish_with_retry(batch, deadline)
+            left = self._publish_with_retry(batch, deadline, quiet)
             if left is not None:
                 return left + [event for later in batches[index + 1 :] for event in later.events]
         return None
 
     def _publish_with_retry(
-        self, batch: EncodedBatch, deadline: float | None
+        self, batch: EncodedBatch, deadline: float | None, quiet: bool = False
     ) -> list[dict[str, Any]] | None:
         """None once published; the batch's events if stopping (or the deadline) came first."""
         attempt = 0
+        runner = self._runner
+        stop = self._stop_event()
         while True:
             try:
-                with self._publishing:
+                with self._publish_lock():
                     self._publish(batch)
             except Exception as exc:
                 if MESSAGE_TOO_LONG in str(exc) and batch.count > 1:
@@ -369,19 +470,24 @@ class Dispatcher:
                         *self.encoder.pack(batch.events[:middle]),
                         *self.encoder.pack(batch.events[middle:]),
                     ]
-                    return self._publish_batches(halves, deadline)
+                    return self._publish_batches(halves, deadline, quiet)
                 self.publish_failures += 1
+                if runner is not None:
+                    runner.broker_failed = True
                 if attempt == 0:
                     logger.warning("cloudlog: publishing to the broker failed, retrying: %s", exc)
                 attempt += 1
                 ceiling = PUBLISH_BACKOFF_BASE_S * 2 ** min(attempt, MAX_BACKOFF_EXPONENT)
                 pause = random.uniform(0, min(self._retry_max, ceiling))
                 if deadline is not None and time.monotonic() + pause > deadline:
-                    logger.error("cloudlog: broker unreachable at shutdown: %s", exc)
+                    if not quiet:
+                        logger.error("cloudlog: broker unreachable at shutdown: %s", exc)
                     return batch.events
-                if self._stop.wait(pause) and deadline is None:
+                if (stop.wait(pause) or self._closed) and deadline is None:
                     return batch.events
                 continue
+            if runner is not None:
+                runner.broker_reached = True
             self.published_events += batch.count
             self.published_tasks += 1
             if attempt:
@@ -391,6 +497,7 @@ class Dispatcher:
     def flush(self, timeout: float) -> bool:
         """Wait until everything buffered so far has been published (or ``timeout`` passes)."""
         deadline = time.monotonic() + timeout
+        self._flush_requested = True
         self._buffer.wake()
         while time.monotonic() < deadline:
             if len(self._buffer) == 0 and self._idle.is_set():
@@ -399,8 +506,13 @@ class Dispatcher:
         return len(self._buffer) == 0 and self._idle.is_set()
 
     def close(self, timeout: float) -> bool:
-        """Stop the thread and publish what is left within ``timeout``. True if nothing was left."""
+        """Stop the thread and publish what is left within ``timeout``. True if nothing was left.
+
+        Driven by a runner, only this dispatcher stops: the runner's thread goes on for others.
+        """
         deadline = time.monotonic() + timeout
+        if self._runner is not None:
+            return self._close_driven(deadline)
         self._stop.set()
         self._buffer.wake()
         if self._thread is not None and self._pid == os.getpid():
@@ -409,5 +521,21 @@ class Dispatcher:
         left = len(self._buffer)
         if left:
             self.abandoned_events += left
+            logger.error("cloudlog: %d events were not published before shutdown", left)
+        return drained and left == 0
+
+    def _close_driven(self, deadline: float) -> bool:
+        self._closed = True  # the runner's thread skips it, and a retry in progress ends
+        if not self._drain_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            left = self.abandon_all()
+            logger.error("cloudlog: %d events were not published before shutdown", left)
+            return False
+        try:
+            drained = self._drain(deadline=deadline)
+        finally:
+            self._drain_lock.release()
+        left = len(self._buffer)
+        if left:
+            self.abandon_all()
             logger.error("cloudlog: %d events were not published before shutdown", left)
         return drained and left == 0

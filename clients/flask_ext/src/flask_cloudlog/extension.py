@@ -4,7 +4,13 @@ Configuration, all optional, as ``CLOUDLOG_*`` keys in ``app.config`` (keyword o
 ``CloudLog(...)`` and ``CLOUDLOG_*`` environment variables serve as defaults, in that order):
 see ``ExtensionSettings`` and the README's table. ``init_app`` validates them at once, registers
 the per-app state at ``app.extensions["cloudlog"]`` and attaches a handler to ``app.logger``.
-It does no I/O: the dispatcher thread starts with the first event.
+It does no I/O: the dispatcher thread starts with the first event. Every app in the process
+shares that one thread, its broker connection and its exit (delivery.py).
+
+Under test, nothing is shipped: with Flask's ``TESTING`` set and neither
+``CLOUDLOG_AWS_ENDPOINT_URL`` nor ``CLOUDLOG_BROKER_URL`` given (or with ``CLOUDLOG_ENABLED`` false
+anywhere), events go to a bounded in-memory capture, ``app.extensions["cloudlog"].captured``,
+instead of the queue. ``CLOUDLOG_ENABLED = True`` delivers under test as well.
 
 ``app.extensions["cloudlog"].stats()`` gives the buffer's depth and what was dropped and
 published; ``.register_metrics(registry=None)`` shows the same to Prometheus (metrics.py).
@@ -12,13 +18,12 @@ published; ``.register_metrics(registry=None)`` shows the same to Prometheus (me
 
 from __future__ import annotations
 
-import atexit
 import logging
-import os
 import re
 import socket
 import time
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app
@@ -26,6 +31,7 @@ from pydantic import ValidationError
 
 from cloudlog_core.names import check_log_group, check_log_stream
 from flask_cloudlog.buffer import BufferStats, EventBuffer
+from flask_cloudlog.delivery import ProcessDispatcher, process_dispatcher
 from flask_cloudlog.dispatcher import Dispatcher
 from flask_cloudlog.events import json_safe, make_event, request_fields
 from flask_cloudlog.handler import CloudLogHandler
@@ -37,7 +43,11 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 EXTENSION_KEY = "cloudlog"
+# Events kept by the in-memory capture (delivery off); the oldest go first. A test suite reads a
+# few dozen; this bounds what a long test run (or a process with CLOUDLOG_ENABLED=False) keeps.
+CAPTURE_MAX_EVENTS = 10_000
 logger = logging.getLogger(__name__)
+_said_capture = False
 
 
 class CloudLogConfigError(ValueError):
@@ -57,8 +67,16 @@ class CloudLogState:
     """Everything cloudlog keeps for one app."""
 
     def __init__(
-        self, settings: ExtensionSettings, publisher: Any = None, *, app_name: str = ""
+        self,
+        settings: ExtensionSettings,
+        publisher: Any = None,
+        *,
+        app_name: str = "",
+        deliver: bool = True,
+        runner: ProcessDispatcher | None = None,
     ) -> None:
+        """``deliver``: False keeps events in :attr:`captured` and publishes nothing.
+        ``runner``: the thread that drains this app's buffer (default: the process's one)."""
         self.settings = settings
         self.app_name = app_name
         self.log_stream = settings.log_stream or _default_log_stream()
@@ -71,6 +89,11 @@ class CloudLogState:
         self.publisher = publisher or CeleryPublisher(
             settings.broker(), settings.aws(), settings.api_key
         )
+        self.delivering = deliver
+        self._capture: deque[dict[str, Any]] | None = (
+            None if deliver else deque(maxlen=CAPTURE_MAX_EVENTS)
+        )
+        runner = runner or process_dispatcher()
         self.dispatcher = Dispatcher(
             self.buffer,
             self.publisher,
@@ -81,13 +104,17 @@ class CloudLogState:
             max_batch_bytes=settings.max_batch_bytes,
             compression=settings.task_compression,
             api_key=settings.api_key,
+            runner=runner,
         )
+        if deliver:
+            runner.register(self.dispatcher, settings.shutdown_timeout)
+            # Once this state is collected its dispatcher leaves the runner (its lines first).
+            weakref.finalize(self, runner.forget, self.dispatcher).atexit = False
         self._wake_at = settings.batch_max_events
         self.handler = CloudLogHandler(self, level=settings.level)
         self.empty_messages = 0
         self._warned_drop = False
         self._closed = False
-        _register_fork_and_exit_hooks(self)
 
     def accept(self, event: dict[str, Any]) -> None:
         """Take one event from the request path: buffer it and make sure the dispatcher runs."""
@@ -96,6 +123,9 @@ class CloudLogState:
         if not event["message"]:
             # CloudWatch refuses empty messages (PutLogEvents: message length >= 1).
             self.empty_messages += 1
+            return
+        if self._capture is not None:
+            self._capture.append(event)
             return
         kept = self.buffer.put(event, wake_at=self._wake_at)
         self.dispatcher.ensure_started()
@@ -138,6 +168,17 @@ class CloudLogState:
     def log_group(self) -> str:
         return self.settings.log_group or ""
 
+    @property
+    def captured(self) -> list[dict[str, Any]]:
+        """With delivery off: the events logged so far (the last ``CAPTURE_MAX_EVENTS``), oldest
+        first, exactly as they would be shipped: ``log_group``, ``log_stream``, ``message``,
+        ``level``, ``logger``, ``timestamp``, ``event_id`` and ``fields``. Empty when delivering."""
+        return [] if self._capture is None else list(self._capture)
+
+    def clear_captured(self) -> None:
+        if self._capture is not None:
+            self._capture.clear()
+
     def flush(self, timeout: float | None = None) -> bool:
         """Publish everything logged so far. True if the buffer emptied within the timeout."""
         if len(self.buffer) and not self.dispatcher.is_running:
@@ -174,36 +215,29 @@ class CloudLogState:
         """
         register_state(self, self.app_name, registry)
 
-    def _after_fork_in_child(self) -> None:
-        self.buffer.reset_after_fork()
-        self.dispatcher.reset_after_fork()
-        if isinstance(self.publisher, CeleryPublisher):
-            self.publisher.reset_after_fork()
+
+def delivery_wanted(app: Flask, settings: ExtensionSettings) -> bool:
+    """``CLOUDLOG_ENABLED`` if set; else on, except under ``TESTING`` with no endpoint or broker
+    given (in ``app.config``, as an option or in the environment)."""
+    if settings.enabled is not None:
+        return settings.enabled
+    explicit = settings.aws_endpoint_url or settings.broker_url
+    return not (app.config.get("TESTING") and not explicit)
 
 
-def _register_fork_and_exit_hooks(state: CloudLogState) -> None:
-    ref = weakref.ref(state)
+ATTACHED_BY_INIT_APP = "_cloudlog_attached_by_init_app"
 
-    def before_fork() -> None:
-        if (alive := ref()) is not None:
-            alive.dispatcher.before_fork()
 
-    def after_fork_in_parent() -> None:
-        if (alive := ref()) is not None:
-            alive.dispatcher.after_fork_in_parent()
-
-    def after_fork() -> None:
-        if (alive := ref()) is not None:
-            alive._after_fork_in_child()
-
-    def at_exit() -> None:
-        if (alive := ref()) is not None:
-            alive.close()
-
-    os.register_at_fork(
-        before=before_fork, after_in_parent=after_fork_in_parent, after_in_child=after_fork
-    )
-    atexit.register(at_exit)
+def _say_capture_once(app: Flask) -> None:
+    global _said_capture
+    if not _said_capture:
+        _said_capture = True
+        logger.debug(
+            "cloudlog: delivery off for %s (TESTING and no CLOUDLOG_AWS_ENDPOINT_URL or "
+            "CLOUDLOG_BROKER_URL, or CLOUDLOG_ENABLED=False): events are kept in "
+            "app.extensions['cloudlog'].captured; CLOUDLOG_ENABLED=True delivers them",
+            app.name,
+        )
 
 
 class CloudLog:
@@ -228,13 +262,24 @@ class CloudLog:
         for name, value in self._options.items():
             app.config.setdefault(f"CLOUDLOG_{name.upper()}", value)
         settings = self._settings_from_config(app)
+        deliver = delivery_wanted(app, settings)
+        settings = settings.model_copy(update={"enabled": deliver})
         for key, name in ExtensionSettings.config_keys().items():
             app.config.setdefault(key, getattr(settings, name))
-        state = CloudLogState(settings, app_name=app.name)
+        state = CloudLogState(settings, app_name=app.name, deliver=deliver)
         app.extensions[EXTENSION_KEY] = state
+        if not deliver:
+            _say_capture_once(app)
         if CloudLogHandler._default_state is None:
             CloudLogHandler._default_state = state
         if settings.attach_to_app_logger:
+            # Apps of one name share their logger (logging.getLogger(app.name)): an app factory
+            # run once per test would stack one handler per app on it, each shipping every line
+            # again and keeping its app alive. The newest app's handler replaces the others.
+            for old in list(app.logger.handlers):
+                if getattr(old, ATTACHED_BY_INIT_APP, False):
+                    app.logger.removeHandler(old)
+            setattr(state.handler, ATTACHED_BY_INIT_APP, True)
             app.logger.addHandler(state.handler)
             wanted = logging.getLevelName(settings.level)
             if app.logger.getEffectiveLevel() > wanted:

@@ -54,6 +54,8 @@ class ExtensionSettings(BaseSettings):
     flush_interval: float = Field(default=0.2, gt=0, le=60)
     shutdown_timeout: float = Field(default=5.0, ge=0, le=300)
     publish_retry_max_seconds: float = Field(default=10.0, gt=0, le=300)
+    # None: on, except under Flask's TESTING with no endpoint or broker given (extension.py).
+    enabled: bool | None = None
 
     @field_validator("level")
     @classmethod
