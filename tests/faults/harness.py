@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -172,3 +174,23 @@ def assert_exactly_once(counts: Counter[int], expected: int) -> None:
         f"{len(missing)} missing, {len(twice)} duplicated, {len(unexpected)} unexpected "
         f"of {expected}"
     )
+
+
+def cloudlog_cli(endpoint: str, *args: str) -> str:
+    """The ``cloudlog`` command against ``endpoint``, with nothing of this shell's environment."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "CLOUDLOG_AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "cloudlog_cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from tests.faults.harness import (
     NumberedLines,
     assert_exactly_once,
+    cloudlog_cli,
     fault_pipeline,
     pipeline_behind_proxy,
     wait_for_lines,
@@ -85,25 +84,6 @@ def test_buffer_full_under_drop_policy_loses_exactly_what_it_counts(tmp_path: Pa
     assert len(missing) == dropped
     # drop_oldest: the newest lines all arrived.
     assert set(range(lines_total - 100, lines_total)) <= set(counts)
-
-
-def cloudlog_cli(endpoint: str, *args: str) -> str:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "CLOUDLOG_AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "cloudlog_cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return result.stdout
 
 
 def test_batches_past_max_retries_go_to_the_dead_letter_queue_and_replay(tmp_path: Path) -> None:

@@ -215,7 +215,10 @@ def test_counters_increase_by_exactly_what_the_run_did(
     }
     assert delta(worker_before, worker, "cloudlog_worker_events_refused_total") == 2
     assert changed(worker_before, worker, "cloudlog_worker_retries_total") == {}
-    assert delta(worker_before, worker, "cloudlog_worker_batches_dead_lettered_total") == 0
+    # the stranger's batches are refused (401) and dead-lettered by the worker with that cause
+    assert changed(worker_before, worker, "cloudlog_worker_batches_dead_lettered_total") == {
+        frozenset({("cause", "http_401")}): stranger_tasks
+    }
     timings = "cloudlog_worker_delivery_duration_seconds_count"
     assert delta(worker_before, worker, timings) == app_tasks + stranger_tasks
 

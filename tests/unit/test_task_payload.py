@@ -7,23 +7,28 @@ import json
 import random
 import string
 import uuid
+import zlib
 from typing import Any
 
 import boto3
 import pytest
 
-from cloudlog_cli.dlq import batch_of, decode_envelope, describe
+from cloudlog_cli.dlq import batch_of, decode_envelope, describe, for_replay, task_body
 from cloudlog_core.aws import LOCAL_ENDPOINT_CREDENTIALS, AwsSettings
 from cloudlog_wire.broker import BrokerSettings
 from cloudlog_wire.payload import (
     MAX_DECOMPRESSED_BYTES,
+    MAX_TASK_EVENTS,
     PLAIN_JSON,
     ZLIB_BASE64,
     PayloadError,
+    PayloadTooLarge,
     TaskCompression,
+    count_events,
     decode_events_json,
     encode,
     events_json,
+    parse_events_json,
     task_events,
 )
 from cloudlog_worker.tasks import request_body
@@ -227,3 +232,83 @@ def test_dlq_describes_both_encodings(form: str) -> None:
 def test_dlq_lists_an_undecodable_batch_instead_of_failing() -> None:
     letter = describe(sqs_message(["not base64!"], {"encoding": ZLIB_BASE64, "event_count": 9}))
     assert letter.events == 0 and letter.error and "corrupt" in letter.error
+
+
+def dead_lettered(kwargs: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """A message the worker dead-lettered: the task as it was, its cause in a header."""
+    data, _ = encode(events_json([event(n, f"line {n}") for n in range(3)]), TaskCompression.ZLIB)
+    message = sqs_message([data], {"encoding": ZLIB_BASE64, "event_count": 3, **kwargs})
+    envelope = json.loads(message["Body"])
+    envelope["headers"]["cloudlog_dead_letter"] = record
+    envelope["headers"]["kwargsrepr"] = "{'api_key': '***'}"
+    return {**message, "Body": json.dumps(envelope)}
+
+
+KEY = "cl_" + "x" * 43
+
+
+def test_dlq_shows_the_cause_the_worker_recorded_and_never_the_key() -> None:
+    record = {
+        "cause": "http_401",
+        "status": 401,
+        "detail": f"ingest answered 401: unknown key {KEY}",
+        "retries": 0,
+        "at": 1_700_000_000_000,
+        "key": "task",
+    }
+    letter = describe(dead_lettered({"api_key": KEY}, record))
+    assert (letter.cause, letter.status, letter.key, letter.events) == ("http_401", 401, "task", 3)
+    assert letter.dead_lettered_at == 1_700_000_000_000
+    assert KEY not in json.dumps(letter.as_dict())
+
+
+def test_dlq_shows_a_message_moved_by_the_redrive_policy_as_such() -> None:
+    events = [event(0, "x")]
+    data, encoding = encode(events_json(events), TaskCompression.ZLIB)
+    letter = describe(sqs_message([data], {"encoding": encoding, "event_count": 1}))
+    assert letter.cause == "redrive" and letter.status is None
+
+
+@pytest.mark.parametrize(
+    ("cause", "mode", "key_kept"),
+    [
+        ("http_401", "auto", False),
+        ("retries_exhausted", "auto", True),
+        ("retries_exhausted", "worker", False),
+        ("http_401", "keep", True),
+    ],
+)
+def test_replay_drops_a_refused_key_so_the_workers_own_applies(
+    cause: str, mode: str, key_kept: bool
+) -> None:
+    message = dead_lettered({"api_key": KEY}, {"cause": cause})
+    envelope = for_replay(decode_envelope(message["Body"]), mode)
+    headers = envelope["headers"]
+    assert "cloudlog_dead_letter" not in headers and headers["retries"] == 0
+    assert KEY not in headers["kwargsrepr"]
+    args, kwargs, _ = task_body(envelope)
+    assert ("api_key" in kwargs) is key_kept
+    assert task_events(args[0], kwargs["encoding"])[0]["message"] == "line 0"
+
+
+def test_dlq_reads_a_decompression_bomb_bounded() -> None:
+    """An 87 KB task of ``[{},{},...]`` once expanded to 22 million events and 1.76 GB."""
+    raw = b"[" + b"{}," * 22_000_000 + b"{}]"
+    bomb = base64.b64encode(zlib.compress(raw, 9)).decode()
+    del raw
+    letter = describe(sqs_message([bomb], {"encoding": ZLIB_BASE64}))
+    assert letter.events == 0 and letter.error and "more than" in letter.error
+    small = base64.b64encode(zlib.compress(b"[" + b"{}," * 10_000 + b"{}]")).decode()
+    letter = describe(sqs_message([small], {"encoding": ZLIB_BASE64}))
+    assert letter.error == f"batch of more than {MAX_TASK_EVENTS} events"
+
+
+def test_events_are_counted_and_parsed_element_by_element_within_the_bound() -> None:
+    assert count_events(b' [ {"a": 1} , 2 , [3] ] ') == 3
+    assert parse_events_json(b"[]") == []
+    for bad in (b"{}", b"[1,", b"[1]x", b"[1 2]", b"\xff"):
+        with pytest.raises(PayloadError):
+            parse_events_json(bad)
+    with pytest.raises(PayloadTooLarge):
+        count_events(b"[" + b"0," * 5 + b"0]", limit=5)
+    assert count_events(b"[" + b"0," * 4 + b"0]", limit=5) == 5

@@ -9,14 +9,18 @@ from typing import Any
 import httpx
 import pytest
 from celery import Celery
-from celery.exceptions import Reject
 from prometheus_client import CollectorRegistry
 
 from cloudlog_devtools.processes import LOOPBACK, free_port
-from cloudlog_worker.metrics import WorkerMetrics, serve_metrics
+from cloudlog_worker.metrics import (
+    DEAD_LETTER_CAUSES,
+    RETRY_CAUSES,
+    WorkerMetrics,
+    serve_metrics,
+)
 from cloudlog_worker.settings import WorkerSettings
 from cloudlog_worker.tasks import register_tasks
-from tests.unit.test_delivery_task import EVENTS, ScriptedIngest, sent
+from tests.unit.test_delivery_task import EVENTS, DeadLetters, ScriptedIngest, sent
 
 
 def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -46,7 +50,7 @@ def deliver() -> Iterator[Any]:
                 **settings,
             }
         )
-        return register_tasks(app, worker, metrics), metrics
+        return register_tasks(app, worker, metrics, dead_letters=DeadLetters()), metrics
 
     yield build
     for server in servers:
@@ -54,8 +58,13 @@ def deliver() -> Iterator[Any]:
 
 
 def test_a_delivered_batch_counts_its_written_and_rejected_events(deliver: Any) -> None:
-    task, metrics = deliver([(200, {})], {"written": 2, "rejected": 1, "results": []})
-    task.apply(**sent(EVENTS)).get()
+    results = [
+        {"event_id": "e1", "status": "written"},
+        {"event_id": "e2", "status": "written"},
+        {"event_id": "e3", "status": "rejected", "reason": "too_old"},
+    ]
+    task, metrics = deliver([(200, {})], {"written": 2, "rejected": 1, "results": results})
+    task.apply(**sent([{**EVENTS[0], "event_id": f"e{n}"} for n in (1, 2, 3)])).get()
     registry = metrics.registry
     assert value(registry, "cloudlog_worker_batches_delivered_total") == 1
     assert value(registry, "cloudlog_worker_events_written_total") == 2
@@ -76,11 +85,15 @@ def test_retries_are_counted_by_cause(deliver: Any) -> None:
 
 def test_an_unreachable_ingest_is_a_connection_retry_then_the_dead_letter(deliver: Any) -> None:
     task, metrics = deliver([], ingest_url=f"http://{LOOPBACK}:{free_port()}", max_retries=1)
-    outcome = task.apply(**sent(EVENTS))
-    assert isinstance(outcome.result, Reject)
+    assert task.apply(**sent(EVENTS)).get()["cause"] == "retries_exhausted"
     registry = metrics.registry
     assert value(registry, "cloudlog_worker_retries_total", cause="connection") == 1
-    assert value(registry, "cloudlog_worker_batches_dead_lettered_total") == 1
+    dead = "cloudlog_worker_batches_dead_lettered_total"
+    assert value(registry, dead, cause="retries_exhausted") == 1
+    assert (
+        value(registry, "cloudlog_worker_events_dead_lettered_total", cause="retries_exhausted")
+        == 1
+    )
     assert value(registry, "cloudlog_worker_batches_delivered_total") == 0
 
 
@@ -93,6 +106,37 @@ def test_a_refused_batch_is_counted_with_its_status_and_events(deliver: Any) -> 
     assert value(registry, "cloudlog_worker_batches_refused_total", status="422") == 1
     assert value(registry, "cloudlog_worker_events_refused_total") == 3
     assert value(registry, "cloudlog_worker_retries_total", cause="server_error") == 0
+    dead = "cloudlog_worker_batches_dead_lettered_total"
+    assert value(registry, dead, cause="http_401") == 1
+    assert value(registry, dead, cause="http_422") == 1
+    assert value(registry, "cloudlog_worker_events_dead_lettered_total", cause="http_401") == 2
+
+
+def test_bad_answers_and_oversized_batches_are_counted_by_cause(deliver: Any) -> None:
+    task, metrics = deliver([(200, {}, b"<html>maintenance</html>"), (200, {})])
+    task.apply(**sent(EVENTS)).get()
+    task.apply(args=["[]" * 10], kwargs={"encoding": "json", "event_count": 20_000}).get()
+    registry = metrics.registry
+    assert value(registry, "cloudlog_worker_retries_total", cause="bad_answer") == 1
+    assert value(registry, "cloudlog_worker_batches_delivered_total") == 1
+    dead = "cloudlog_worker_batches_dead_lettered_total"
+    assert value(registry, dead, cause="oversized") == 1
+
+
+def test_every_cause_is_exported_at_zero_from_the_start() -> None:
+    metrics = WorkerMetrics()
+    for cause in DEAD_LETTER_CAUSES:
+        assert (
+            metrics.registry.get_sample_value(
+                "cloudlog_worker_batches_dead_lettered_total", {"cause": cause}
+            )
+            == 0.0
+        )
+    for cause in RETRY_CAUSES:
+        assert (
+            metrics.registry.get_sample_value("cloudlog_worker_retries_total", {"cause": cause})
+            == 0.0
+        )
 
 
 def test_the_metrics_server_serves_the_registry_on_its_port() -> None:

@@ -5,6 +5,17 @@ envelope (base64 of it under kombu's default encoding) whose ``body`` is base64 
 ``[args, kwargs, embed]``; ``args[0]`` is the batch: encoded as ``kwargs["encoding"]`` says
 (clients/flask_ext/payload.py), or, from publishers before that format, the list of events.
 Replay re-sends the envelope as it is, whichever the form.
+
+The worker dead-letters a batch itself, with its cause in the ``cloudlog_dead_letter`` header
+(``cause``, ``status``, ``detail``, ``retries``, ``at``, ``key``: see cloudlog_worker/tasks.py);
+a message the queue's redrive policy moved there (a worker killed again and again, a batch the
+worker could not send) has no such header: its cause shows as ``redrive``. Reading a batch is
+bounded as in the worker (payload.py: 16 MiB, 10,000 events); nothing printed carries a key.
+
+Which key a replayed batch carries (``--key``): ``auto`` (default) drops the batch's own key
+when ingest refused it with 401 (a revoked or wrong key will never be accepted), so the worker's
+own ``CLOUDLOG_API_KEY`` applies, and keeps it otherwise (an outage, say: the batch stays its
+tenant's); ``worker`` drops every batch's key; ``keep`` keeps every key.
 """
 
 from __future__ import annotations
@@ -15,7 +26,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cloudlog_wire.broker import BrokerSettings
-from cloudlog_wire.payload import PayloadError, task_events
+from cloudlog_wire.payload import PayloadError, redact, task_events, task_kwargsrepr
+
+# The header the worker writes on a batch it dead-letters (cloudlog_worker.tasks).
+DEAD_LETTER_HEADER = "cloudlog_dead_letter"
+# The cause shown for a message without it: moved by the queue's redrive policy.
+REDRIVE_CAUSE = "redrive"
+KEY_MODES = ("auto", "keep", "worker")
 
 # SQS: ReceiveMessage returns at most 10 messages (SQS API reference, MaxNumberOfMessages).
 RECEIVE_BATCH = 10
@@ -36,7 +53,15 @@ class DeadLetter:
     streams: list[str]
     first_timestamp: int | None
     last_timestamp: int | None
-    # Why the batch could not be read (corrupt, unknown encoding); None when it could.
+    # Why the worker dead-lettered it (``http_401``, ``oversized``, ...; ``redrive``: no cause
+    # recorded), ingest's status and the worker's detail, when it told.
+    cause: str = REDRIVE_CAUSE
+    status: int | None = None
+    detail: str | None = None
+    dead_lettered_at: int | None = None
+    # Which key the batch was sent with: "task" (its own), "worker", "none"; never the key.
+    key: str | None = None
+    # Why the batch could not be read (corrupt, unknown encoding, too large); None when it could.
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -55,27 +80,56 @@ def encode_envelope(envelope: dict[str, Any]) -> str:
     return json.dumps(envelope)
 
 
-def batch_of(envelope: dict[str, Any]) -> list[dict[str, Any]]:
+def task_body(envelope: dict[str, Any]) -> tuple[list[Any], dict[str, Any], Any]:
+    """``(args, kwargs, embed)`` of a Celery task message."""
     body = envelope["body"]
     if envelope.get("properties", {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
-    args, kwargs, _embed = json.loads(body)
+    args, kwargs, embed = json.loads(body)
+    return list(args or []), dict(kwargs or {}), embed
+
+
+def set_task_body(
+    envelope: dict[str, Any], args: list[Any], kwargs: dict[str, Any], embed: Any
+) -> None:
+    body = json.dumps([args, kwargs, embed])
+    if envelope.get("properties", {}).get("body_encoding") == "base64":
+        envelope["body"] = base64.b64encode(body.encode()).decode()
+    else:
+        envelope["body"] = body
+
+
+def batch_of(envelope: dict[str, Any]) -> list[dict[str, Any]]:
+    args, kwargs, _embed = task_body(envelope)
     if not args:
         return []
-    return task_events(args[0], (kwargs or {}).get("encoding"))
+    return task_events(args[0], kwargs.get("encoding"))
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def describe(message: dict[str, Any]) -> DeadLetter:
     envelope = decode_envelope(message["Body"])
-    headers = envelope.get("headers", {})
+    headers = envelope.get("headers") or {}
+    record = headers.get(DEAD_LETTER_HEADER)
+    record = record if isinstance(record, dict) else {}
     error = None
     try:
         events = batch_of(envelope)
-    except (PayloadError, ValueError, TypeError) as exc:
-        events, error = [], str(exc)
-    timestamps = [event["timestamp"] for event in events if "timestamp" in event]
-    streams = sorted({f"{e.get('log_group')}/{e.get('log_stream')}" for e in events})
+    except (PayloadError, ValueError, TypeError, KeyError) as exc:
+        events, error = [], redact(str(exc))
+    timestamps = [
+        event["timestamp"]
+        for event in events
+        if isinstance(event, dict) and isinstance(event.get("timestamp"), int)
+    ]
+    streams = sorted(
+        {f"{e.get('log_group')}/{e.get('log_stream')}" for e in events if isinstance(e, dict)}
+    )
     receive_count = message.get("Attributes", {}).get("ApproximateReceiveCount")
+    detail = record.get("detail")
     return DeadLetter(
         message_id=message["MessageId"],
         task_id=headers.get("id"),
@@ -86,8 +140,31 @@ def describe(message: dict[str, Any]) -> DeadLetter:
         streams=streams,
         first_timestamp=min(timestamps) if timestamps else None,
         last_timestamp=max(timestamps) if timestamps else None,
+        cause=str(record.get("cause") or REDRIVE_CAUSE),
+        status=_int_or_none(record.get("status")),
+        detail=redact(str(detail)) if detail is not None else None,
+        dead_lettered_at=_int_or_none(record.get("at")),
+        key=str(record["key"]) if record.get("key") else None,
         error=error,
     )
+
+
+def for_replay(envelope: dict[str, Any], key_mode: str = "auto") -> dict[str, Any]:
+    """The envelope to send back to the queue: a fresh retry budget, no dead-letter header,
+    and the batch's own key dropped as ``key_mode`` says (see the module)."""
+    if key_mode not in KEY_MODES:
+        raise ValueError(f"key mode must be one of {KEY_MODES}")
+    headers = envelope.setdefault("headers", {})
+    record = headers.pop(DEAD_LETTER_HEADER, None)
+    cause = record.get("cause") if isinstance(record, dict) else None
+    headers["retries"] = 0
+    drop = key_mode == "worker" or (key_mode == "auto" and cause == "http_401")
+    args, kwargs, embed = task_body(envelope)
+    if drop and "api_key" in kwargs:
+        del kwargs["api_key"]
+        set_task_body(envelope, args, kwargs, embed)
+    headers["kwargsrepr"] = task_kwargsrepr(kwargs)
+    return envelope
 
 
 def _queue_url(sqs: Any, name: str) -> str:
@@ -123,11 +200,14 @@ def list_dead_letters(sqs: Any, broker: BrokerSettings, limit: int) -> list[Dead
     return [describe(message) for message in list(seen.values())[:limit]]
 
 
-def replay(sqs: Any, broker: BrokerSettings, limit: int) -> int:
+def replay(sqs: Any, broker: BrokerSettings, limit: int, key_mode: str = "auto") -> int:
     """Move up to ``limit`` messages back to the main queue with a fresh retry budget.
 
     Each message is deleted from the dead-letter queue only after it was sent to the queue.
+    ``key_mode``: which key the replayed batches carry (see the module).
     """
+    if key_mode not in KEY_MODES:
+        raise ValueError(f"key mode must be one of {KEY_MODES}")
     dlq_url = _queue_url(sqs, broker.dead_letter_queue_name)
     queue_url = _queue_url(sqs, broker.queue_name)
     moved = 0
@@ -136,8 +216,7 @@ def replay(sqs: Any, broker: BrokerSettings, limit: int) -> int:
         if not messages:
             break
         for message in messages:
-            envelope = decode_envelope(message["Body"])
-            envelope.setdefault("headers", {})["retries"] = 0
+            envelope = for_replay(decode_envelope(message["Body"]), key_mode)
             sqs.send_message(QueueUrl=queue_url, MessageBody=encode_envelope(envelope))
             sqs.delete_message(QueueUrl=dlq_url, ReceiptHandle=message["ReceiptHandle"])
             moved += 1

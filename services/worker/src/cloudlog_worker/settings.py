@@ -24,6 +24,8 @@ class WorkerSettings(BaseSettings):
     # Ingest answers after the write; a commit under throttling may take a while.
     http_read_timeout: float = Field(default=60.0, gt=0, le=900)
     max_retries: int = Field(default=20, ge=0, le=1000)
+    # Retries of a batch whose task raised something unexpected, before it is dead-lettered.
+    max_exception_retries: int = Field(default=3, ge=0, le=1000)
     retry_backoff_base: float = Field(default=1.0, gt=0, le=60)
     retry_backoff_max: float = Field(default=300.0, gt=0, le=3600)
     # Prometheus metrics on http://HOST:PORT/metrics (worker_metrics.py); port 0: none.

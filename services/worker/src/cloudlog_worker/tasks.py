@@ -1,21 +1,49 @@
-"""The delivery task the queue consumers run: POST a batch to the ingest service.
+"""The delivery task the queue consumers run: POST a batch to ingest; nothing leaves SQS unwritten.
 
 The batch arrives as payload.py encodes it and goes to ingest as it was serialised: decoded and
-decompressed, never parsed (tasks of the older form, a list of events, are still delivered).
-A batch that cannot be decoded is left to the dead-letter queue.
+decompressed, never parsed (only bounded: at most ``MAX_DECOMPRESSED_BYTES`` and
+``MAX_TASK_EVENTS``, counted element by element when the task does not say).
 
-The SQS message is acknowledged only after ingest answered that every event of the batch was
-written or rejected (``acks_late``); a worker that dies mid-task leaves the message to be
-delivered again (``reject_on_worker_lost``). Connection errors, 5xx and 429 are retried with
-exponential backoff and full jitter (honouring ``Retry-After``), up to ``max_retries``;
-other 4xx answers are not retried: the batch is reported refused.
+A message is acknowledged (deleted from SQS) in exactly two cases:
 
-Past ``max_retries`` the task rejects its message with requeue: SQS makes it visible again
-after ``CLOUDLOG_WAIT_TIME_SECONDS``, each new receive makes one more real attempt, and once it
-has been received ``CLOUDLOG_MAX_RECEIVE_COUNT`` times the queue's redrive policy moves it to the
-dead-letter queue (see ``cloudlog dlq``). Nothing is deleted unwritten.
+* **delivered**: ingest answered 200 with its JSON, whose ``results`` has one entry per event of
+  the batch, each ``written`` or ``rejected`` with a reason;
+* **dead-lettered**: the worker has *first* sent the task, unchanged, to the dead-letter queue
+  with its cause (a ``cloudlog_dead_letter`` message header: ``cause``, ``status``, ``detail``,
+  ``retries``, ``at``, ``key``), and only *then* lets the original be acknowledged.
 
-Each outcome is counted in the worker's metrics (worker_metrics.py).
+Everything else goes back to the queue: connection errors, 5xx, 408, 429 (honouring
+``Retry-After``), a 2xx/3xx that is not ingest's full answer (a load balancer's maintenance page,
+a ``results`` of the wrong length) are retried with capped, fully jittered exponential backoff
+(``self.retry``: a copy is published with a countdown, then the original acknowledged), up to
+``CLOUDLOG_MAX_RETRIES``; then the batch is dead-lettered with cause ``retries_exhausted``.
+Permanent answers are dead-lettered at once: 401, 403, 413, 422 (``http_<status>``), any other
+4xx (``http_4xx``), an undecodable task (``undecodable``), one too large (``oversized``).
+An unexpected exception is retried ``CLOUDLOG_MAX_EXCEPTION_RETRIES`` times, then dead-lettered
+(``unexpected_error``).
+
+Design: why the worker dead-letters itself rather than relying on SQS redrive. Rejecting with
+requeue until ``maxReceiveCount`` records nothing: the dead-letter queue would hold the batch
+but not why it is there (a revoked key? a 5xx storm? a bug?), and each "requeue" on kombu's SQS
+transport re-publishes a copy whose receive count starts again. So the worker sends the message
+body itself, the cause in a header that ``cloudlog dlq list`` prints, and acknowledges after the
+send succeeded. A crash between the two leaves the batch in both queues: harmless, since replay
+is idempotent on event ids (ingest's journal). If the send fails, the task rejects with requeue
+and the message stays in SQS (the redrive policy remains the last resort, without a cause).
+
+No exception escapes the task: with ``acks_late`` Celery acknowledges a failed task by default
+(``task_acks_on_failure_or_timeout``), and with that setting off it rejects it without requeue,
+which kombu's SQS transport turns into a delete. Either way the batch would be gone; so the task
+catches everything itself (``acks_on_failure_or_timeout=False`` is set all the same).
+
+The tenant key (``api_key``) never appears in a log line, metric, exception or header: the
+retried and dead-lettered copies carry a masked ``kwargsrepr``, the dead-letter header says only
+which key the batch used (``task``: its own; ``worker``: the worker's), and every text taken from
+an answer is passed through ``redact``. The dead-lettered copy keeps its ``api_key`` argument, as
+the original carried it, so that a replay after an outage delivers for the same tenant; for a 401
+``cloudlog dlq replay`` drops it, so the worker's own ``CLOUDLOG_API_KEY`` applies.
+
+Each outcome is counted in the worker's metrics (metrics.py) and logged once, without the key.
 """
 
 from __future__ import annotations
@@ -25,29 +53,104 @@ import os
 import random
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from celery import Celery, Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 
 from cloudlog_wire.celery_app import DELIVER_TASK_NAME
 from cloudlog_wire.payload import (
+    MAX_TASK_EVENTS,
     PayloadError,
+    PayloadTooLarge,
+    count_events,
     decode_events_json,
-    parse_events_json,
     post_body,
+    redact,
+    task_argsrepr,
+    task_kwargsrepr,
 )
-from cloudlog_worker.metrics import CONNECTION, SERVER_ERROR, THROTTLED, WorkerMetrics
+from cloudlog_worker.metrics import (
+    BAD_ANSWER,
+    CONNECTION,
+    EXCEPTION,
+    HTTP_4XX,
+    HTTP_401,
+    HTTP_403,
+    HTTP_413,
+    HTTP_422,
+    OVERSIZED,
+    RETRIES_EXHAUSTED,
+    SERVER_ERROR,
+    THROTTLED,
+    UNDECODABLE,
+    UNEXPECTED,
+    WorkerMetrics,
+)
 from cloudlog_worker.settings import WorkerSettings
 
 logger = logging.getLogger(__name__)
 
 BATCH_PATH = "/v1/logs"
+# The message header under which a dead-lettered task carries its cause (cloudlog dlq reads it).
+DEAD_LETTER_HEADER = "cloudlog_dead_letter"
+# 4xx answers that are about timing, not about the batch: retried like a 5xx.
+TRANSIENT_4XX = frozenset({408, 425, 429})
+PERMANENT_CAUSES = {401: HTTP_401, 403: HTTP_403, 413: HTTP_413, 422: HTTP_422}
+# How much of an answer's body a log line or dead-letter detail quotes.
+DETAIL_CHARS = 300
 
 
 class IngestUnavailable(Exception):
-    """Ingest could not take the batch now (connection error, 5xx, 429)."""
+    """Ingest could not take the batch now (connection error, 5xx, 429, an unreadable answer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterMessage:
+    """A task to send to the dead-letter queue: the original arguments and why."""
+
+    task_id: str | None
+    args: list[Any]
+    kwargs: dict[str, Any]
+    retries: int
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+DeadLetterSender = Callable[[DeadLetterMessage], None]
+
+
+def celery_dead_letter_sender(app: Celery, queue: str) -> DeadLetterSender:
+    """Publishes a dead letter as the same Celery task message, on ``queue``, with its cause."""
+
+    def send(letter: DeadLetterMessage) -> None:
+        app.send_task(
+            DELIVER_TASK_NAME,
+            args=letter.args,
+            kwargs=letter.kwargs,
+            queue=queue,
+            task_id=letter.task_id,
+            retries=letter.retries,
+            headers={DEAD_LETTER_HEADER: letter.header},
+            argsrepr=task_argsrepr(
+                letter.args[0] if letter.args else None,
+                letter.kwargs.get("encoding"),
+                letter.kwargs.get("event_count"),
+            ),
+            kwargsrepr=task_kwargsrepr(letter.kwargs),
+            retry=True,
+            retry_policy={
+                "max_retries": 3,
+                "interval_start": 0.2,
+                "interval_step": 0.5,
+                "interval_max": 2.0,
+            },
+        )
+
+    return send
 
 
 class HttpClientHolder:
@@ -109,28 +212,149 @@ def parse_retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def declared_count(event_count: object) -> int | None:
+    """The task's own ``event_count``, if it is one."""
+    if isinstance(event_count, int) and not isinstance(event_count, bool) and event_count >= 0:
+        return event_count
+    return None
+
+
 def request_body(batch: object, encoding: str | None, event_count: int | None) -> tuple[bytes, int]:
     """The ``POST /v1/logs`` body for a task's batch, and its number of events.
 
-    The batch is passed through: decoded and decompressed, never parsed.
+    The batch is passed through: decoded and decompressed (at most ``MAX_DECOMPRESSED_BYTES``),
+    never parsed; without a count of its own, its events are counted one element at a time,
+    stopping past ``MAX_TASK_EVENTS``. ``PayloadTooLarge`` for a batch past either bound,
+    ``PayloadError`` for one that cannot be read.
     """
     if not isinstance(batch, str):
         raise PayloadError(f"unexpected batch argument of type {type(batch).__name__}")
+    declared = declared_count(event_count)
+    if declared is not None and declared > MAX_TASK_EVENTS:
+        raise PayloadTooLarge(f"batch of {declared} events, more than {MAX_TASK_EVENTS}")
     raw = decode_events_json(batch, encoding)
-    count = event_count if isinstance(event_count, int) else len(parse_events_json(raw))
+    count = declared if declared is not None else count_events(raw)
     return post_body(raw), count
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    written: int
+    rejected: int
+    reasons: Counter[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Transient:
+    cause: str  # one of RETRY_CAUSES
+    detail: str
+    status: int | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Permanent:
+    cause: str  # one of DEAD_LETTER_CAUSES
+    detail: str
+    status: int | None = None
+
+
+Outcome = Delivered | Transient | Permanent
+
+
+def read_answer(response: httpx.Response, count: int) -> Delivered | Transient:
+    """Ingest's 200 answer: one result per event, each written or rejected with a reason."""
+    problem = None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+        problem = "answered 200 with a body that is not JSON"
+    results = answer.get("results") if isinstance(answer, dict) else None
+    if problem is None and not isinstance(results, list):
+        problem = "answered 200 without a results list"
+    elif problem is None and isinstance(results, list) and len(results) != count:
+        problem = f"answered 200 with {len(results)} results for {count} events"
+    if problem is not None or not isinstance(results, list):
+        return Transient(BAD_ANSWER, f"ingest {problem}", status=200)
+    written = 0
+    reasons: Counter[str] = Counter()
+    for result in results:
+        status = result.get("status") if isinstance(result, dict) else None
+        if status == "written":
+            written += 1
+        elif status == "rejected" and isinstance(result, dict) and result.get("reason"):
+            reasons[str(result["reason"])[:64]] += 1
+        else:
+            return Transient(
+                BAD_ANSWER, "ingest answered 200 with a result neither written nor rejected", 200
+            )
+    return Delivered(written, count - written, reasons)
+
+
+def classify(response: httpx.Response, count: int) -> Outcome:
+    status = response.status_code
+    if status == 200:
+        return read_answer(response, count)
+    if status in TRANSIENT_4XX:
+        cause = THROTTLED if status == 429 else SERVER_ERROR
+        return Transient(cause, f"ingest answered {status}", status, parse_retry_after(response))
+    if 400 <= status < 500:
+        text = " ".join(response.text[:DETAIL_CHARS].split())
+        return Permanent(
+            PERMANENT_CAUSES.get(status, HTTP_4XX), f"ingest answered {status}: {text}", status
+        )
+    if status >= 500:
+        return Transient(
+            SERVER_ERROR, f"ingest answered {status}", status, parse_retry_after(response)
+        )
+    return Transient(BAD_ANSWER, f"ingest answered {status}, not its 200", status)
+
+
 def register_tasks(
-    app: Celery, settings: WorkerSettings, metrics: WorkerMetrics | None = None
+    app: Celery,
+    settings: WorkerSettings,
+    metrics: WorkerMetrics | None = None,
+    dead_letters: DeadLetterSender | None = None,
+    dead_letter_queue: str = "cloudlog-dlq",
 ) -> Task:
+    """``dead_letters``: how a batch is sent to the dead-letter queue (default: published with
+    ``app`` on ``dead_letter_queue``)."""
     http = HttpClientHolder(settings)
     counted = metrics or WorkerMetrics()
+    send_dead_letter = (
+        dead_letters
+        if dead_letters is not None
+        else celery_dead_letter_sender(app, dead_letter_queue)
+    )
+
+    def attempt(
+        batch: object, api_key: str | None, encoding: str | None, event_count: int | None
+    ) -> tuple[Outcome, int]:
+        try:
+            body, count = request_body(batch, encoding, event_count)
+        except PayloadTooLarge as exc:
+            return Permanent(OVERSIZED, str(exc)), declared_count(event_count) or 0
+        except PayloadError as exc:
+            return Permanent(UNDECODABLE, str(exc)), declared_count(event_count) or 0
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        started = time.monotonic()
+        try:
+            response = http.get().post(BATCH_PATH, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            counted.delivery_seconds.observe(time.monotonic() - started)
+            return Transient(CONNECTION, f"ingest unreachable: {type(exc).__name__}"), count
+        counted.delivery_seconds.observe(time.monotonic() - started)
+        release(response)
+        return classify(response, count), count
 
     @app.task(
         name=DELIVER_TASK_NAME,
         bind=True,
         acks_late=True,
+        acks_on_failure_or_timeout=False,
         reject_on_worker_lost=True,
         max_retries=settings.max_retries,
     )
@@ -141,79 +365,140 @@ def register_tasks(
         encoding: str | None = None,
         event_count: int | None = None,
     ) -> dict[str, Any]:
-        """``batch``: the events as payload.py encodes them (``encoding``, ``event_count``), or,
-        from a publisher before that format, the list of events itself.
+        """``batch``: the events as payload.py encodes them (``encoding``, ``event_count``).
         ``api_key``: the app's tenant key, sent with the batch; else the worker's own."""
+        task_id = self.request.id
+        retries = self.request.retries or 0
+        secrets = (api_key, settings.api_key)
+        count = declared_count(event_count) or 0
         try:
-            body, count = request_body(batch, encoding, event_count)
-        except PayloadError as exc:
-            # Not deliverable by this worker (corrupt, or from a newer publisher): leave it to
-            # the dead-letter queue, where it can be looked at and replayed.
-            logger.error("a batch cannot be decoded: %s; leaving it to the dead-letter queue", exc)
-            counted.batches_dead_lettered.inc()
-            raise Reject(str(exc), requeue=True) from exc
-        retry_after: float | None = None
-        headers = {"Content-Type": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        started = time.monotonic()
-        try:
-            response = http.get().post(BATCH_PATH, content=body, headers=headers)
-        except httpx.TransportError as exc:
-            counted.delivery_seconds.observe(time.monotonic() - started)
-            error: Exception = IngestUnavailable(f"ingest unreachable: {exc!r}")
-            cause = CONNECTION
-        else:
-            counted.delivery_seconds.observe(time.monotonic() - started)
-            release(response)
-            status = response.status_code
-            if status == 200:
-                answer = response.json()
-                for result in answer.get("results", []):
-                    if result.get("status") != "written":
-                        logger.warning(
-                            "event %s rejected: %s %s",
-                            result.get("event_id"),
-                            result.get("reason"),
-                            result.get("detail") or "",
-                        )
-                written, rejected = int(answer.get("written", 0)), int(answer.get("rejected", 0))
-                counted.batches_delivered.inc()
-                counted.events_written.inc(written)
-                counted.events_rejected.inc(rejected)
-                return {"written": written, "rejected": rejected}
-            if status != 429 and status < 500:
-                logger.error(
-                    "ingest refused a batch of %d events with %d: %s",
-                    count,
-                    status,
-                    response.text[:2000],
+            outcome, count = attempt(batch, api_key, encoding, event_count)
+        except Exception as exc:  # anything unexpected: retried a few times, then dead-lettered
+            detail = f"{type(exc).__name__}: {exc}"
+            if retries >= min(settings.max_exception_retries, settings.max_retries):
+                outcome = Permanent(UNEXPECTED, f"{detail} (after {retries} retries)")
+            else:
+                outcome = Transient(EXCEPTION, detail)
+        if isinstance(outcome, Delivered):
+            counted.batches_delivered.inc()
+            counted.events_written.inc(outcome.written)
+            counted.events_rejected.inc(outcome.rejected)
+            if outcome.rejected:
+                logger.warning(
+                    "batch %s: %d events written, %d rejected (%s)",
+                    task_id,
+                    outcome.written,
+                    outcome.rejected,
+                    redact(", ".join(f"{r}: {n}" for r, n in sorted(outcome.reasons.items()))),
                 )
-                counted.batches_refused.labels(status=str(status)).inc()
-                counted.events_refused.inc(count)
-                return {"written": 0, "refused": count, "status": status}
-            retry_after = parse_retry_after(response)
-            error = IngestUnavailable(f"ingest answered {status}")
-            cause = THROTTLED if status == 429 else SERVER_ERROR
-        if self.request.retries >= settings.max_retries:
-            logger.error(
-                "batch of %d events: %s after %d retries; leaving it to the dead-letter queue",
-                count,
-                error,
-                self.request.retries,
+            return {"written": outcome.written, "rejected": outcome.rejected}
+        if isinstance(outcome, Transient):
+            if retries < settings.max_retries:
+                return retry(self, outcome, count, retries, secrets)
+            outcome = Permanent(
+                RETRIES_EXHAUSTED,
+                f"{outcome.detail} (after {retries} retries)",
+                outcome.status,
             )
-            counted.batches_dead_lettered.inc()
-            raise Reject(str(error), requeue=True)
-        counted.retries.labels(cause=cause).inc()
-        countdown = retry_countdown(self.request.retries, settings, retry_after)
+        return dead_letter(self, outcome, batch, api_key, encoding, event_count, count, secrets)
+
+    def retry(
+        task: Task,
+        outcome: Transient,
+        count: int,
+        retries: int,
+        secrets: tuple[str | None, ...],
+    ) -> dict[str, Any]:
+        countdown = retry_countdown(retries, settings, outcome.retry_after)
+        detail = redact(outcome.detail, *secrets)
+        counted.retries.labels(cause=outcome.cause).inc()
         logger.warning(
-            "batch of %d events: %s; retry %d/%d in %.1f s",
+            "batch %s of %d events: %s; retry %d/%d in %.1f s",
+            task.request.id,
             count,
-            error,
-            self.request.retries + 1,
+            detail,
+            retries + 1,
             settings.max_retries,
             countdown,
         )
-        raise self.retry(exc=error, countdown=countdown)
+        kwargs = dict(task.request.kwargs or {})
+        try:
+            raise task.retry(
+                exc=IngestUnavailable(detail),
+                countdown=countdown,
+                # Celery would show the arguments of the copy as they are: the key with them.
+                argsrepr=task_argsrepr(
+                    (task.request.args or [None])[0], kwargs.get("encoding"), count
+                ),
+                kwargsrepr=task_kwargsrepr(kwargs),
+            )
+        except (Retry, Reject):
+            raise
+        except Exception as exc:  # the copy could not be published: keep the message in SQS
+            logger.error(
+                "batch %s: the retry could not be queued (%s); leaving it in the queue",
+                task.request.id,
+                redact(f"{type(exc).__name__}: {exc}", *secrets),
+            )
+            raise Reject("retry not queued", requeue=True) from None
+
+    def dead_letter(
+        task: Task,
+        outcome: Permanent,
+        batch: object,
+        api_key: str | None,
+        encoding: str | None,
+        event_count: int | None,
+        count: int,
+        secrets: tuple[str | None, ...],
+    ) -> dict[str, Any]:
+        detail = redact(outcome.detail, *secrets)
+        kwargs: dict[str, Any] = {"encoding": encoding, "event_count": event_count}
+        if api_key:
+            kwargs["api_key"] = api_key
+        header = {
+            "cause": outcome.cause,
+            "status": outcome.status,
+            "detail": detail,
+            "retries": task.request.retries or 0,
+            "at": int(time.time() * 1000),
+            "key": "task" if api_key else ("worker" if settings.api_key else "none"),
+        }
+        letter = DeadLetterMessage(
+            task_id=task.request.id,
+            args=[batch],
+            kwargs=kwargs,
+            retries=task.request.retries or 0,
+            header=header,
+        )
+        try:
+            send_dead_letter(letter)
+        except Exception as exc:
+            counted.dead_letter_failures.inc()
+            logger.error(
+                "batch %s of %d events: %s; it could not be sent to the dead-letter queue (%s): "
+                "leaving it in the queue",
+                task.request.id,
+                count,
+                detail,
+                redact(f"{type(exc).__name__}: {exc}", *secrets),
+            )
+            raise Reject("dead letter not sent", requeue=True) from None
+        counted.batches_dead_lettered.labels(cause=outcome.cause).inc()
+        counted.events_dead_lettered.labels(cause=outcome.cause).inc(count)
+        if outcome.status is not None and 400 <= outcome.status < 500:
+            counted.batches_refused.labels(status=str(outcome.status)).inc()
+            counted.events_refused.inc(count)
+        logger.error(
+            "batch %s of %d events sent to the dead-letter queue: %s (%s)",
+            task.request.id,
+            count,
+            outcome.cause,
+            detail,
+        )
+        answer: dict[str, Any] = {"written": 0, "dead_lettered": count, "cause": outcome.cause}
+        if outcome.status is not None:
+            answer["status"] = outcome.status
+        return answer
 
     return deliver_batch

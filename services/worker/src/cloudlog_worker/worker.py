@@ -17,6 +17,7 @@ from cloudlog_core.gc_settle import freeze_startup_objects
 from cloudlog_core.logging_json import configure_json_logging
 from cloudlog_wire.broker import BrokerSettings
 from cloudlog_wire.celery_app import create_celery
+from cloudlog_wire.payload import redact
 from cloudlog_worker.metrics import WorkerMetrics, serve_metrics
 from cloudlog_worker.settings import WorkerSettings, check_visibility_timeout
 from cloudlog_worker.tasks import register_tasks
@@ -38,6 +39,9 @@ def create_worker_app(
     app = create_celery(broker, aws or AwsSettings(), name="cloudlog-worker")
     app.conf.update(
         task_acks_late=True,
+        # A failed task must not be acknowledged (the task catches everything itself: see
+        # tasks.py; on SQS a reject without requeue deletes as well).
+        task_acks_on_failure_or_timeout=False,
         task_reject_on_worker_lost=True,
         # One message at a time per slot: a message waiting in a prefetch buffer still ages
         # toward its visibility timeout.
@@ -45,8 +49,28 @@ def create_worker_app(
         worker_concurrency=worker.worker_concurrency,
         worker_pool=worker.worker_pool,
     )
-    register_tasks(app, worker, metrics)
+    register_tasks(app, worker, metrics, dead_letter_queue=broker.dead_letter_queue_name)
     return app
+
+
+class RedactingFormatter(logging.Formatter):
+    """Wraps a handler's formatter: no API key in any line the worker writes (Celery's own
+    "received", "retry" and "rejected" lines included, whatever a message's ``kwargsrepr``)."""
+
+    def __init__(self, inner: logging.Formatter | None, *secrets: str | None) -> None:
+        super().__init__()
+        self._inner = inner or logging.Formatter()
+        self._secrets = secrets
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self._inner.format(record), *self._secrets)
+
+
+def redact_log_handlers(*secrets: str | None) -> None:
+    """Every handler of the root logger writes through a ``RedactingFormatter``."""
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(handler.formatter, *secrets))
 
 
 def _keep_our_logging(**kwargs: Any) -> None:
@@ -67,6 +91,7 @@ def run_worker(concurrency: int | None = None, loglevel: str = "INFO") -> None:
     worker_ready.connect(_settle, weak=False)
     worker_process_init.connect(_settle, weak=False)
     worker = WorkerSettings()
+    redact_log_handlers(worker.api_key)
     if concurrency is not None:
         worker = worker.model_copy(update={"worker_concurrency": concurrency})
     metrics = WorkerMetrics()
