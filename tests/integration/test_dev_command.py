@@ -50,4 +50,5 @@ def test_dev_prints_read_back_events_and_stops_every_child(tmp_path: Path) -> No
         "worker.log",
         "ingest.journal",  # ingest's idempotency journal lives with the run, not in the cwd
         "tenants.json",  # the run's own tenant, whose key the worker uses
+        "tenants.json.lock",  # held by whoever writes the registry (cloudlog tenant, dev)
     }

@@ -110,7 +110,8 @@ def test_readyz_is_200_when_cloudwatch_answers_and_the_writer_keeps_up() -> None
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ready" and body["failed"] == []
-    assert set(body["checks"]) == {"cloudwatch", "pending"}
+    assert set(body["checks"]) == {"cloudwatch", "pending", "tenants"}
+    assert body["degraded"] == [] and not body["checks"]["tenants"]["degraded"]
 
 
 def test_readyz_is_503_naming_cloudwatch_when_it_does_not_answer() -> None:
@@ -159,3 +160,31 @@ def test_readyz_is_not_in_the_api_schema() -> None:
         paths = client.client.get("/openapi.json").json()["paths"]
     assert "/readyz" not in paths and "/metrics" not in paths
     assert "/healthz" in paths
+
+
+def registry_ok_gauge(client: Any) -> str:
+    lines = client.client.get("/metrics").text.splitlines()
+    return next(line for line in lines if line.startswith("cloudlog_ingest_tenant_registry_ok "))
+
+
+def test_a_corrupt_registry_file_is_degraded_not_unready_and_requests_keep_working() -> None:
+    with running(FakeWriter(), cloudwatch_probe=lambda: None) as client:
+        state = client.app.state  # type: ignore[attr-defined]
+        state.tenants_reload_seconds = 0.0  # re-read on every request
+        path = state.tenants.path
+        good = path.read_text()
+        assert registry_ok_gauge(client).endswith(" 1.0")
+        path.write_text(good[: len(good) // 2])  # truncated
+        ready = client.client.get("/readyz")
+        accepted = client.post("/v1/logs", json={"events": [batch_event(1)]})
+        gauge_while_corrupt = registry_ok_gauge(client)
+        path.write_text(good)
+        recovered = client.client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert body["status"] == "ready" and body["failed"] == [] and body["degraded"] == ["tenants"]
+    detail = body["checks"]["tenants"]["detail"]
+    assert "is corrupt" in detail and "last good registry (1 tenants)" in detail
+    assert accepted.status_code < 300, accepted.text
+    assert gauge_while_corrupt.endswith(" 0.0")
+    assert recovered.json()["degraded"] == []

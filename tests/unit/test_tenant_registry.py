@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,14 @@ from fastapi.testclient import TestClient
 from cloudlog_ingest.bodylimit import BodySizeLimit
 from cloudlog_ingest.confinement import Refusal, check_stream, resolve_group
 from cloudlog_ingest.quotas import Quotas, TokenBucket
-from cloudlog_ingest.tenants import TenantError, TenantRegistry, hash_key
+from cloudlog_ingest.tenants import (
+    RegistryCorrupt,
+    RegistryLocked,
+    TenantError,
+    TenantRegistry,
+    hash_key,
+    registry_lock,
+)
 
 
 def test_the_key_is_returned_once_and_only_its_hash_is_stored(tmp_path: Path) -> None:
@@ -138,3 +148,99 @@ def test_body_limit_refuses_a_chunked_body_past_the_limit() -> None:
     assert chunked.status_code == 413
     declared = client.post("/echo", content=b"x" * 2000)
     assert declared.status_code == 413
+
+
+# Issue 14: locking, corrupt files, file modes.
+
+CORRUPT_DOCUMENTS = [
+    '{"tenants": [{"name": "acme", "key_sha',  # truncated
+    "",
+    "[]",
+    '{"tenants": [{"name": "acme"}]}',
+    '{"tenants": [{"name": "acme", "key_sha256": "x", "log_group_prefix": "acme/"}]}',
+    '{"tenants": "acme"}',
+]
+
+
+@pytest.mark.parametrize("document", CORRUPT_DOCUMENTS)
+def test_a_corrupt_file_keeps_the_last_good_tenants_and_is_logged_once(
+    tmp_path: Path, document: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tenants.json"
+    _, key = TenantRegistry.load(path).create("acme")
+    reader = TenantRegistry.load(path)
+    path.write_text(document)
+    with caplog.at_level(logging.ERROR, logger="cloudlog_ingest.tenants"):
+        assert not reader.reload()
+        assert not reader.reload()
+        path.write_text(document)  # rewritten, same fault: not logged again
+        assert not reader.reload()
+    assert reader.authenticate(key) is not None, "the last good registry is kept"
+    assert reader.problem is not None and str(path) in reader.problem
+    assert len(caplog.records) == 1 and "keeping the last good registry" in caplog.text
+    path.unlink()
+    TenantRegistry.load(path).create("acme")
+    assert reader.reload() and reader.problem is None
+
+
+@pytest.mark.parametrize("document", CORRUPT_DOCUMENTS)
+def test_writers_refuse_a_corrupt_file_and_leave_it_as_it_is(tmp_path: Path, document: str) -> None:
+    path = tmp_path / "tenants.json"
+    registry = TenantRegistry.load(path)
+    registry.create("acme")
+    path.write_text(document)
+    with pytest.raises(RegistryCorrupt, match="is corrupt"):
+        registry.create("other")
+    with pytest.raises(RegistryCorrupt, match="is corrupt"):
+        registry.revoke("acme")
+    with pytest.raises(RegistryCorrupt, match="is corrupt"):
+        TenantRegistry.load(path)
+    assert path.read_text() == document
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tenants.json", "tenants.json.lock"]
+
+
+def test_a_writer_rereads_the_file_under_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.json"
+    first, second = TenantRegistry.load(path), TenantRegistry.load(path)
+    _, key_a = first.create("a")
+    _, key_b = second.create("b")  # second's view predates "a": "a" must survive
+    second.revoke("a")
+    final = TenantRegistry.load(path)
+    assert final.authenticate(key_b) is not None and final.authenticate(key_a) is None
+    with pytest.raises(TenantError, match="exists already"):
+        first.create("b")
+    with pytest.raises(TenantError, match="overlaps"):
+        first.create("c", log_group_prefix="B/")
+
+
+def test_a_held_lock_times_out_with_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.json"
+    registry = TenantRegistry.load(path, lock_timeout_seconds=0.2)
+    registry.create("acme")
+    before = path.read_bytes()
+    with registry_lock(path, 1.0):
+        started = time.monotonic()
+        with pytest.raises(RegistryLocked, match="locked by another writer"):
+            registry.create("other")
+        assert 0.2 <= time.monotonic() - started < 2
+    assert path.read_bytes() == before
+    registry.create("other")
+
+
+def test_a_registry_cloudlog_creates_is_0600_in_a_0700_folder(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "deeper" / "tenants.json"
+    old_umask = os.umask(0o022)
+    try:
+        TenantRegistry.load(path).create("acme")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((path.parent / "tenants.json.lock").stat().st_mode) == 0o600
+
+
+def test_an_existing_folder_keeps_its_mode(tmp_path: Path) -> None:
+    os.chmod(tmp_path, 0o755)
+    TenantRegistry.load(tmp_path / "tenants.json").create("acme")
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "tenants.json").stat().st_mode) == 0o600

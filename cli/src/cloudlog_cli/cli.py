@@ -74,9 +74,24 @@ def tenant() -> None:
 
 
 def _registry() -> TenantRegistry:
-    from cloudlog_ingest.tenants import TenantRegistry, TenantSettings
+    """The registry, or a one-line error: a corrupt file is refused, never overwritten."""
+    from cloudlog_ingest.tenants import RegistryCorrupt, TenantRegistry, TenantSettings
 
-    return TenantRegistry.load(TenantSettings().tenants_path)
+    settings = TenantSettings()
+    try:
+        return TenantRegistry.load(
+            settings.tenants_path, lock_timeout_seconds=settings.tenants_lock_timeout_seconds
+        )
+    except RegistryCorrupt as exc:
+        raise click.ClickException(_refusal(exc)) from None
+
+
+def _refusal(exc: Exception) -> str:
+    from cloudlog_ingest.tenants import RegistryCorrupt
+
+    if isinstance(exc, RegistryCorrupt):
+        return f"{exc}; not changed: restore it from a backup or fix it by hand"
+    return str(exc)
 
 
 @tenant.command("create")
@@ -118,8 +133,8 @@ def tenant_create(
             kms_key_id=kms_key_id,
             tags=parsed_tags,
         )
-    except TenantError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except TenantError as exc:  # also RegistryCorrupt, RegistryLocked: nothing was written
+        raise click.ClickException(_refusal(exc)) from None
     click.echo(json.dumps({**created.public(), "api_key": api_key}))
     click.echo("Keep the api_key now: it is not stored and cannot be shown again.", err=True)
 
@@ -143,8 +158,8 @@ def tenant_revoke(name: str) -> None:
 
     try:
         revoked = _registry().revoke(name)
-    except TenantError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except TenantError as exc:  # also RegistryCorrupt, RegistryLocked: nothing was written
+        raise click.ClickException(_refusal(exc)) from None
     click.echo(json.dumps(revoked.public()))
 
 
@@ -170,7 +185,16 @@ def dlq_list(limit: int) -> None:
 
 @dlq.command("replay")
 @click.option("--limit", default=1000, show_default=True, help="At most this many messages.")
-def dlq_replay(limit: int) -> None:
+@click.option(
+    "--key",
+    "key_mode",
+    type=click.Choice(["auto", "keep", "worker"]),
+    default="auto",
+    show_default=True,
+    help="Which key replayed batches carry: auto drops a batch's own key after a 401, so the "
+    "worker's CLOUDLOG_API_KEY applies; worker drops every batch's key; keep keeps them all.",
+)
+def dlq_replay(limit: int, key_mode: str) -> None:
     """Send dead-lettered batches back to the queue with a fresh retry budget."""
     import json
 
@@ -178,7 +202,7 @@ def dlq_replay(limit: int) -> None:
     from cloudlog_core.aws import AwsSettings, make_client
     from cloudlog_wire.broker import BrokerSettings
 
-    moved = replay(make_client("sqs", AwsSettings()), BrokerSettings(), limit)
+    moved = replay(make_client("sqs", AwsSettings()), BrokerSettings(), limit, key_mode)
     click.echo(json.dumps({"replayed": moved}))
 
 

@@ -11,6 +11,12 @@ Two checks, both must pass:
   (``max_pending_events``); past it the writer is saturated and new work would soon get 429s.
 
 A pipeline that is shutting down, or not started, is not ready.
+
+One more check degrades without failing: ``tenants``. A registry file that cannot be read or
+parsed (truncated, hand-edited) leaves ingest serving with the last good registry, so the
+instance stays ready (200: taking every instance sharing the file out of service would turn a
+bad edit into an outage), but ``/readyz`` names it under ``degraded`` with the reason, and the
+gauge ``cloudlog_ingest_tenant_registry_ok`` drops to 0 until the file is good again.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
+from prometheus_client import CollectorRegistry, Gauge
 
 from cloudlog_core.aws import AwsSettings, make_client
+from cloudlog_ingest.tenants import TenantRegistry
 from cloudlog_writer.errors import THROTTLING_CODES, describe, error_code
 
 # A call refused with one of these was still answered by CloudWatch Logs. Not in the list:
@@ -39,9 +47,10 @@ logger = logging.getLogger(__name__)
 class CheckResult:
     ok: bool
     detail: str
+    degraded: bool = False  # ok, but not as it should be: reported, still ready
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "detail": self.detail}
+        return {"ok": self.ok, "detail": self.detail, "degraded": self.degraded}
 
 
 def describe_log_groups_probe(timeout_seconds: float, aws: AwsSettings | None = None) -> Probe:
@@ -124,3 +133,32 @@ def pending_check(pending: int, bound: int, fraction: float) -> CheckResult:
     limit = max(1, int(bound * fraction))
     detail = f"{pending} events pending, ready below {limit} ({fraction:.0%} of {bound})"
     return CheckResult(pending < limit, detail)
+
+
+def tenants_check(registry: TenantRegistry) -> CheckResult:
+    """Always ok (ingest serves with the last good registry); degraded while the file is bad."""
+    count = len(registry.tenants())
+    if registry.problem is not None:
+        return CheckResult(
+            True, f"{registry.problem}; serving with the last good registry ({count} tenants)", True
+        )
+    return CheckResult(True, f"{count} tenants loaded from {registry.path}")
+
+
+def track_tenant_registry(
+    metrics_registry: CollectorRegistry, current: Callable[[], TenantRegistry | None]
+) -> None:
+    """``cloudlog_ingest_tenant_registry_ok``: 1 while the registry file was last read whole,
+    0 while ingest keeps the last good registry because the file is corrupt or unreadable."""
+    gauge = Gauge(
+        "cloudlog_ingest_tenant_registry_ok",
+        "1 when the tenant registry file was last read whole; 0 when it is corrupt or "
+        "unreadable and ingest serves with the last good registry.",
+        registry=metrics_registry,
+    )
+
+    def ok() -> float:
+        registry = current()
+        return 0.0 if registry is not None and registry.problem is not None else 1.0
+
+    gauge.set_function(ok)

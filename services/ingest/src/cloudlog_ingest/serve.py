@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import uvicorn
 
 from cloudlog_core.logging_json import json_logging_config
 from cloudlog_ingest.settings import get_settings
+from cloudlog_ingest.tenants import RegistryCorrupt, TenantRegistry, TenantSettings
 
 
 def serve(host: str | None = None, port: int | None = None) -> None:
-    """Serve until stopped; ``None`` takes CLOUDLOG_INGEST_HOST / CLOUDLOG_INGEST_PORT."""
+    """Serve until stopped; ``None`` takes CLOUDLOG_INGEST_HOST / CLOUDLOG_INGEST_PORT.
+
+    Refuses to start, with one line on stderr and exit status 2, on a tenant registry file
+    that does not parse: there is no last good registry to serve with."""
+    try:
+        TenantRegistry.load(TenantSettings().tenants_path)
+    except RegistryCorrupt as exc:
+        print(f"cloudlog ingest: not starting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     settings = get_settings()
     uvicorn.run(
         "cloudlog_ingest.app:create_app",

@@ -1,24 +1,38 @@
 """The tenant registry: who may write, under which log group prefix, how fast.
 
-A JSON file (``CLOUDLOG_TENANTS_PATH``), written atomically with mode 0600. Per tenant: a name,
+A JSON file (``CLOUDLOG_TENANTS_PATH``), mode 0600 in a folder of mode 0700 when cloudlog
+creates them. Per tenant: a name,
 the SHA-256 of its API key (the key itself is printed once at creation and never stored or
 logged), its log group prefix, an event rate and burst, and optional retention, tags and KMS
 key for the groups it creates. Prefixes never overlap, compared without regard to case, so no
 tenant's groups can fall under another's prefix.
+
+Writers (``create``, ``revoke``: the ``cloudlog tenant`` commands) serialise on an exclusive
+``flock`` of a lock file beside the registry (``tenants.json.lock``), re-read the file under the
+lock, change it, and write it to a temporary file of their own, fsynced, renamed over the
+registry, so readers see the old file or the new one, never a mix, and no writer's change is
+lost. A registry that does not parse is never overwritten: writers refuse it (RegistryCorrupt).
+Ingest, reloading, keeps its last good registry and reports the problem (``problem``) instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +45,13 @@ PREFIX = re.compile(r"[A-Za-z0-9][.\-_#A-Za-z0-9]*(/[.\-_#A-Za-z0-9]+)*/")
 MAX_PREFIX_LENGTH = 256  # leaves at least 256 of the 512 characters of a group name
 DEFAULT_RATE = 2_000.0  # events per second
 DEFAULT_BURST = 20_000  # events
+DEFAULT_LOCK_TIMEOUT_SECONDS = 10.0
+FILE_MODE = 0o600
+FOLDER_MODE = 0o700
+KEY_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class TenantSettings(BaseSettings):
@@ -39,10 +60,20 @@ class TenantSettings(BaseSettings):
     tenants_path: Path = Path(".cloudlog-state/tenants.json")
     # How often ingest looks for changes to the file (revocations take effect within this).
     tenants_reload_seconds: float = Field(default=1.0, gt=0, le=3600)
+    # How long `cloudlog tenant create|revoke` waits for another writer to finish.
+    tenants_lock_timeout_seconds: float = Field(default=DEFAULT_LOCK_TIMEOUT_SECONDS, gt=0)
 
 
 class TenantError(ValueError):
     pass
+
+
+class RegistryCorrupt(TenantError):
+    """The registry file exists but is not a registry (truncated, not JSON, wrong shape)."""
+
+
+class RegistryLocked(TenantError):
+    """Another writer held the registry's lock for longer than the timeout."""
 
 
 def hash_key(api_key: str) -> str:
@@ -73,56 +104,224 @@ class Tenant:
         return shown
 
 
+_TENANT_FIELDS = frozenset(f.name for f in fields(Tenant))
+_REQUIRED_FIELDS = frozenset({"name", "key_sha256", "log_group_prefix"})
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "rate": (int, float),
+    "burst": (int,),
+    "retention_days": (int, type(None)),
+    "kms_key_id": (str, type(None)),
+    "created_at": (int, float),
+}
+
+
+def _tenant_from(entry: Any, index: int) -> Tenant:
+    if not isinstance(entry, dict):
+        raise ValueError(f"tenants[{index}] is not an object")
+    missing = _REQUIRED_FIELDS - entry.keys()
+    unknown = entry.keys() - _TENANT_FIELDS
+    if missing or unknown:
+        what = f"lacks {sorted(missing)}" if missing else f"has unknown fields {sorted(unknown)}"
+        raise ValueError(f"tenants[{index}] {what}")
+    name, digest = entry["name"], entry["key_sha256"]
+    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
+        raise ValueError(f"tenants[{index}] has an invalid name")
+    if not isinstance(digest, str) or not KEY_SHA256.fullmatch(digest):
+        raise ValueError(f"tenant {name!r} has an invalid key_sha256")
+    if not isinstance(entry["log_group_prefix"], str) or not entry["log_group_prefix"]:
+        raise ValueError(f"tenant {name!r} has an invalid log_group_prefix")
+    if not isinstance(entry.get("revoked", False), bool):
+        raise ValueError(f"tenant {name!r} has an invalid revoked")
+    for key, kinds in _FIELD_TYPES.items():
+        value = entry.get(key)
+        if key in entry and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise ValueError(f"tenant {name!r} has an invalid {key}")
+    tags = entry.get("tags", {})
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise ValueError(f"tenant {name!r} has invalid tags")
+    return Tenant(**entry)
+
+
+def parse_registry(text: str) -> dict[str, Tenant]:
+    """The tenants in a registry document; ValueError saying what is wrong with it."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("tenants"), list):
+        raise ValueError('not a registry: expected {"tenants": [...]}')
+    tenants: dict[str, Tenant] = {}
+    for index, entry in enumerate(document["tenants"]):
+        tenant = _tenant_from(entry, index)
+        if tenant.name in tenants:
+            raise ValueError(f"tenant {tenant.name!r} appears twice")
+        tenants[tenant.name] = tenant
+    return tenants
+
+
+def _read(path: Path) -> dict[str, Tenant] | None:
+    """The registry's tenants; None when there is no file; RegistryCorrupt when unreadable."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RegistryCorrupt(f"tenant registry {path} cannot be read: {exc.strerror}") from None
+    try:
+        return parse_registry(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        reason = "not UTF-8"
+    except ValueError as exc:
+        reason = str(exc)
+    raise RegistryCorrupt(f"tenant registry {path} is corrupt: {reason}")
+
+
+def _ensure_folder(folder: Path) -> None:
+    """Create the registry's folder (0700) if it is missing; leave an existing one alone."""
+    if folder.is_dir():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(mode=FOLDER_MODE)
+    except FileExistsError:
+        return
+    os.chmod(folder, FOLDER_MODE)  # mkdir's mode is subject to the umask
+
+
+@contextlib.contextmanager
+def registry_lock(path: Path, timeout_seconds: float) -> Iterator[None]:
+    """Hold an exclusive flock on ``<registry>.lock`` (beside it) or raise RegistryLocked."""
+    _ensure_folder(path.parent)
+    lock_path = path.with_name(path.name + ".lock")
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        deadline = time.monotonic() + timeout_seconds
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+            if time.monotonic() >= deadline:
+                raise RegistryLocked(
+                    f"tenant registry {path} is locked by another writer "
+                    f"(waited {timeout_seconds:g} s for {lock_path}); try again"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
+
+
+def _write_atomically(path: Path, tenants: dict[str, Tenant]) -> None:
+    """A temporary file of this writer's own (0600), fsynced, renamed over ``path``."""
+    document = {"tenants": [asdict(tenant) for tenant in tenants.values()]}
+    data = json.dumps(document, indent=2, sort_keys=True).encode()
+    # mkstemp: a new name (O_EXCL), mode 0600, in the same folder so the rename is atomic.
+    descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself survives a crash
+    finally:
+        os.close(folder)
+
+
 def _overlap(a: str, b: str) -> bool:
     a, b = a.lower(), b.lower()
     return a.startswith(b) or b.startswith(a)
 
 
 class TenantRegistry:
-    """The tenants in memory, loaded from and saved to one file."""
+    """The tenants in memory, loaded from one file; every change goes through the file, under
+    its lock (``create``, ``revoke``)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS
+    ) -> None:
         self.path = path
+        self.lock_timeout_seconds = lock_timeout_seconds
         self._tenants: dict[str, Tenant] = {}
         self._by_hash: dict[str, Tenant] = {}
-        self._mtime_ns: int | None = None
+        self._signature: tuple[int, ...] | None = None
+        # Why the file could not be taken at the last reload (the last good tenants are kept).
+        self.problem: str | None = None
 
     @classmethod
-    def load(cls, path: Path) -> TenantRegistry:
-        registry = cls(path)
-        registry.reload()
+    def load(
+        cls, path: Path, *, lock_timeout_seconds: float = DEFAULT_LOCK_TIMEOUT_SECONDS
+    ) -> TenantRegistry:
+        """The registry in ``path`` (no file: no tenants). RegistryCorrupt if it is not one."""
+        registry = cls(path, lock_timeout_seconds=lock_timeout_seconds)
+        signature = registry._stat()
+        registry._use(_read(path) or {}, signature)
         return registry
 
-    def reload(self) -> bool:
-        """Read the file if it changed since the last read. True if it was read."""
+    def _stat(self) -> tuple[int, ...] | None:
         try:
-            mtime_ns = self.path.stat().st_mtime_ns
+            stat = self.path.stat()
         except FileNotFoundError:
-            mtime_ns = None
-        if mtime_ns == self._mtime_ns:
-            return False
-        tenants: dict[str, Tenant] = {}
-        if mtime_ns is not None:
-            document = json.loads(self.path.read_text(encoding="utf-8"))
-            for entry in document.get("tenants", []):
-                tenant = Tenant(**entry)
-                tenants[tenant.name] = tenant
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
+
+    def _use(self, tenants: dict[str, Tenant], signature: tuple[int, ...] | None) -> None:
         self._tenants = tenants
         self._by_hash = {t.key_sha256: t for t in tenants.values() if not t.revoked}
-        self._mtime_ns = mtime_ns
+        self._signature = signature
+        if self.problem is not None:
+            logger.info("tenant registry %s is readable again", self.path)
+            self.problem = None
+
+    def reload(self) -> bool:
+        """Re-read the file if it changed since the last read. True if new tenants were taken.
+
+        A file that cannot be read or parsed leaves the last good tenants in place: the reason
+        is kept in ``problem`` and logged once per distinct failure."""
+        signature = self._stat()  # before reading: a change after it is seen next time
+        if signature == self._signature:
+            return False
+        try:
+            tenants = _read(self.path)
+        except RegistryCorrupt as exc:
+            self._signature = signature
+            if str(exc) != self.problem:
+                logger.error(
+                    "%s; keeping the last good registry (%d tenants)", exc, len(self._tenants)
+                )
+                self.problem = str(exc)
+            return False
+        self._use(tenants or {}, signature)
         return True
 
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        document = {"tenants": [asdict(tenant) for tenant in self._tenants.values()]}
-        temporary = self.path.with_suffix(self.path.suffix + ".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            json.dump(document, out, indent=2, sort_keys=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, self.path)
-        self._mtime_ns = self.path.stat().st_mtime_ns
+    def _modify(self, change: Callable[[dict[str, Tenant]], _T]) -> _T:
+        """Read-modify-write under the lock: re-read the file, apply ``change`` to its tenants,
+        write them atomically. A corrupt file is refused (RegistryCorrupt), never overwritten;
+        a ``change`` that raises writes nothing."""
+        with registry_lock(self.path, self.lock_timeout_seconds):
+            signature = self._stat()
+            current = _read(self.path) or {}
+            self._use(current, signature)  # the freshest view, even if the change is refused
+            tenants = dict(current)
+            result = change(tenants)
+            _write_atomically(self.path, tenants)
+            self._use(tenants, self._stat())
+            return result
 
     def tenants(self) -> list[Tenant]:
         return list(self._tenants.values())
@@ -156,14 +355,14 @@ class TenantRegistry:
         kms_key_id: str | None = None,
         tags: dict[str, str] | None = None,
     ) -> tuple[Tenant, str]:
-        """Add a tenant; returns it with its new API key (shown once, never stored)."""
+        """Add a tenant; returns it with its new API key (shown once, never stored).
+
+        Checked against the file as it is under the lock, not this object's older view."""
         if not TENANT_NAME.fullmatch(name):
             raise TenantError(
                 "tenant name must be 1-63 characters: lowercase letters, digits and -, "
                 "starting with a letter or digit"
             )
-        if name in self._tenants:
-            raise TenantError(f"tenant {name!r} exists already")
         prefix = log_group_prefix if log_group_prefix is not None else f"{name}/"
         if len(prefix) > MAX_PREFIX_LENGTH or not PREFIX.fullmatch(prefix) or ".." in prefix:
             raise TenantError(
@@ -172,12 +371,6 @@ class TenantRegistry:
             )
         if prefix.lower().startswith("aws/"):
             raise TenantError("log group prefix may not start with 'aws/'")
-        for other in self._tenants.values():
-            if _overlap(prefix, other.log_group_prefix):
-                raise TenantError(
-                    f"log group prefix {prefix!r} overlaps tenant {other.name!r}'s "
-                    f"{other.log_group_prefix!r}"
-                )
         if rate <= 0 or burst < 1:
             raise TenantError("rate must be positive and burst at least 1")
         api_key = new_api_key()
@@ -192,17 +385,30 @@ class TenantRegistry:
             tags=dict(tags or {}),
             created_at=time.time(),
         )
-        self._tenants[name] = tenant
-        self._by_hash[tenant.key_sha256] = tenant
-        self.save()
+
+        def add(tenants: dict[str, Tenant]) -> None:
+            if name in tenants:
+                raise TenantError(f"tenant {name!r} exists already")
+            for other in tenants.values():
+                if _overlap(prefix, other.log_group_prefix):
+                    raise TenantError(
+                        f"log group prefix {prefix!r} overlaps tenant {other.name!r}'s "
+                        f"{other.log_group_prefix!r}"
+                    )
+            tenants[name] = tenant
+
+        self._modify(add)
         return tenant, api_key
 
     def revoke(self, name: str) -> Tenant:
-        tenant = self._tenants.get(name)
-        if tenant is None:
-            raise TenantError(f"no tenant {name!r}")
-        revoked = Tenant(**{**asdict(tenant), "revoked": True})
-        self._tenants[name] = revoked
-        self._by_hash.pop(tenant.key_sha256, None)
-        self.save()
-        return revoked
+        """Mark a tenant revoked, in the file (under the lock) and here."""
+
+        def mark(tenants: dict[str, Tenant]) -> Tenant:
+            tenant = tenants.get(name)
+            if tenant is None:
+                raise TenantError(f"no tenant {name!r}")
+            revoked = Tenant(**{**asdict(tenant), "revoked": True})
+            tenants[name] = revoked
+            return revoked
+
+        return self._modify(mark)
