@@ -325,11 +325,18 @@ def test_schema_errors_are_422s_whose_location_starts_with_body() -> None:
     assert [error["type"] for error in response.json()["detail"]] == ["int_parsing", "enum"]
 
 
-def test_a_body_that_is_not_json_is_refused_before_authentication() -> None:
+def test_a_body_that_is_not_json_is_refused_once_authenticated() -> None:
+    """Authentication comes from the headers, before the body is read (issue 14, item 7):
+    without a key every body is a 401; with one, what does not parse is refused as before."""
     with running(FakeWriter()) as client:
-        not_json = post_raw(client, b'{"events": [', key=False)
-        not_utf8 = post_raw(client, b'{"events": "\xff"}', key=False)
-        valid_but_no_key = post_raw(client, b'{"events": []}', key=False)
+        no_key = [
+            post_raw(client, body, key=False)
+            for body in (b'{"events": [', b'{"events": "\xff"}', b'{"events": []}')
+        ]
+        not_json = post_raw(client, b'{"events": [')
+        not_utf8 = post_raw(client, b'{"events": "\xff"}')
+    assert [response.status_code for response in no_key] == [401] * 3
+    valid_but_no_key = no_key[2]
     assert not_json.status_code == 422
     assert not_json.json()["detail"] == [
         {"loc": ["body", 12], "msg": "JSON decode error", "type": "json_invalid"}

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import tracemalloc
 from array import array
 from pathlib import Path
@@ -328,3 +330,30 @@ def test_the_file_stays_bounded_when_the_table_is_full(tmp_path: Path) -> None:
     reopened = DeliveryJournal(path, max_entries=50, ttl_seconds=3600)
     reopened.open(nothing_read_back)
     assert [n for n in range(3_000) if written(reopened, ev(n))] == list(range(2_950, 3_000))
+
+
+def test_the_journal_and_its_folder_are_private(tmp_path: Path) -> None:
+    """Issue 14: the journal was 0644 in a 0755 folder; it names every tenant's streams."""
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    path = folder / "ingest.journal"
+    path.write_text("")
+    path.chmod(0o644)
+    old_umask = os.umask(0)  # the widest umask: the modes must not depend on it
+    try:
+        journal = DeliveryJournal(path, max_entries=1_000, ttl_seconds=60)
+        journal.open(lambda *_: set())
+        commit = journal.begin([ev(1)])
+        journal.finish(commit, keys(ev(1)))
+        journal.close()
+        fresh = tmp_path / "new" / "deeper" / "ingest.journal"
+        other = DeliveryJournal(fresh, max_entries=1_000, ttl_seconds=60)
+        other.open(lambda *_: set())
+        other.close()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    assert stat.S_IMODE(fresh.parent.stat().st_mode) == 0o700

@@ -20,12 +20,18 @@ from fastapi.responses import JSONResponse
 from cloudlog_core.gc_settle import freeze_startup_objects, unfreeze
 from cloudlog_ingest import health, routes
 from cloudlog_ingest.bodylimit import BodySizeLimit
+from cloudlog_ingest.deps import authenticate_scope
 from cloudlog_ingest.journal import DeliveryJournal, ReadBack
 from cloudlog_ingest.metrics import CountRefusals, IngestMetrics
 from cloudlog_ingest.pipeline import WriteFunction, WritePipeline
 from cloudlog_ingest.quotas import Quotas
 from cloudlog_ingest.readback import event_ids_in_stream
-from cloudlog_ingest.readiness import CloudWatchCheck, Probe, describe_log_groups_probe
+from cloudlog_ingest.readiness import (
+    CloudWatchCheck,
+    Probe,
+    describe_log_groups_probe,
+    track_tenant_registry,
+)
 from cloudlog_ingest.settings import IngestSettings, get_settings
 from cloudlog_ingest.tenants import TenantRegistry, TenantSettings
 from cloudlog_writer import (
@@ -164,13 +170,22 @@ def create_app(
     app = FastAPI(title="cloudlog ingest", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
+    track_tenant_registry(metrics.registry, lambda: getattr(app.state, "tenants", None))
     app.state.cloudwatch_check = CloudWatchCheck(
         cloudwatch_probe or describe_log_groups_probe(settings.ready_timeout_seconds),
         timeout_seconds=settings.ready_timeout_seconds,
         cache_seconds=settings.ready_cache_seconds,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        timeout_seconds=settings.body_timeout_seconds,
+        max_in_flight_bytes=settings.max_body_bytes_in_flight,
+        authenticate=authenticate_scope,  # from the headers, before any body is read
+        protected=LOG_ROUTES,
+        retry_after_seconds=settings.retry_after_seconds,
+    )
     app.add_middleware(CountRefusals, metrics=metrics, routes=LOG_ROUTES)  # outside BodySizeLimit
     app.include_router(health.router)
     app.include_router(routes.router)

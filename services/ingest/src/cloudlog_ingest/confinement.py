@@ -5,12 +5,15 @@ A tenant names groups relative to its prefix: ``app/web`` from tenant ``acme`` (
 refused before anything is created or written: ``..`` and ``.`` segments, empty segments
 (leading, doubled or trailing slashes), a leading ``aws/``, characters outside CloudWatch's
 ASCII set (look-alike Unicode, full-width dots), names that would pass 512 characters with the
-prefix, and in streams ``:``, ``*``, control characters and the reserved ``_rejected``.
+prefix, and in streams ``:``, ``*``, control, format (bidi, zero-width) and line separator
+characters, and the reserved ``_rejected`` however it is spelled (case, compatibility forms,
+invisible characters, surrounding spaces, look-alike letters from other scripts).
 Refusals never mention any other tenant or group.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -53,13 +56,63 @@ def resolve_group(tenant: Tenant, name: str, *, field: str) -> str:
     return resolved
 
 
+def _is_default_ignorable(char: str) -> bool:
+    """Unicode's Default_Ignorable_Code_Point, near enough: format characters (Cf: zero-width
+    spaces and joiners, bidi marks, soft hyphen...) plus the few others the property lists
+    (combining grapheme joiner, Hangul fillers, variation selectors, Mongolian selectors)."""
+    code = ord(char)
+    return (
+        unicodedata.category(char) == "Cf"
+        or code in _OTHER_DEFAULT_IGNORABLE
+        or 0xFE00 <= code <= 0xFE0F
+        or 0xE0100 <= code <= 0xE01EF
+        or 0x180B <= code <= 0x180F
+    )
+
+
+_OTHER_DEFAULT_IGNORABLE = frozenset({0x034F, 0x115F, 0x1160, 0x3164, 0xFFA0})
+# Characters a stream name may not hold: controls (Cc, C0 and C1), format characters (Cf,
+# which hold the bidi overrides and isolates, zero-width spaces, the BOM), line and paragraph
+# separators (Zl, Zp) and lone surrogates (Cs): they hide or reorder what a reader sees.
+REFUSED_STREAM_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _skeleton(name: str) -> str:
+    """What ``name`` reads as: NFKC, case-folded, default-ignorables removed, trimmed."""
+    folded = unicodedata.normalize("NFKC", name).casefold()
+    folded = "".join(char for char in folded if not _is_default_ignorable(char))
+    return unicodedata.normalize("NFKC", folded).strip()
+
+
+def looks_like_reserved(name: str, reserved: str = REJECTED_STREAM) -> bool:
+    """Whether ``name`` reads as ``reserved``: equal once normalised (``_skeleton``), or equal
+    but for non-ASCII characters standing where ``reserved`` has its (ASCII) letters: a
+    Cyrillic ``\\u0435`` or a Greek ``\\u03bf`` for a Latin ``e`` or ``o``, from any script."""
+    skeleton = _skeleton(name)
+    if skeleton == reserved:
+        return True
+    return len(skeleton) == len(reserved) and all(
+        char == wanted or not char.isascii()
+        for char, wanted in zip(skeleton, reserved, strict=True)
+    )
+
+
 def check_stream(name: str, *, field: str) -> str:
-    """CloudWatch's own stream rules, then cloudlog's: no control characters, no ``_rejected``."""
+    """CloudWatch's own stream rules, then cloudlog's: no control, format or separator
+    characters, nothing that reads as ``_rejected``."""
     if (problem := stream_name_problem(name)) is not None:
         raise Refusal(field, problem)
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
         raise Refusal(field, "may not contain control characters")
-    if name == REJECTED_STREAM:
+    if not name.isascii() and any(
+        unicodedata.category(char) in REFUSED_STREAM_CATEGORIES for char in name
+    ):
+        raise Refusal(
+            field,
+            "may not contain control, format (bidirectional, zero-width) "
+            "or line separator characters",
+        )
+    if name == REJECTED_STREAM or looks_like_reserved(name):
         raise Refusal(field, f"{REJECTED_STREAM!r} is reserved for cloudlog's own reports")
     return name
 

@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import email.message
 import json
+import re
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import ValidationError
+from pydantic_core import from_json
 
+from cloudlog_ingest.bodylimit import UNAUTHORIZED_DETAIL
 from cloudlog_ingest.pipeline import WritePipeline
 from cloudlog_ingest.quotas import Quotas
-from cloudlog_ingest.schemas import INCOMING_BATCH, BatchRequest, IncomingEvent
+from cloudlog_ingest.schemas import (
+    INCOMING_BATCH,
+    MAX_FIELDS_DEPTH,
+    BatchRequest,
+    IncomingEvent,
+)
 from cloudlog_ingest.settings import IngestSettings
 from cloudlog_ingest.tenants import Tenant, TenantRegistry
 
 _bearer = HTTPBearer(auto_error=False, description="The tenant's API key.")
 UNAUTHORIZED = HTTPException(
     status.HTTP_401_UNAUTHORIZED,
-    detail="a valid API key is required: Authorization: Bearer <key>",
+    detail=UNAUTHORIZED_DETAIL,
     headers={"WWW-Authenticate": "Bearer"},
 )
 
@@ -41,9 +51,8 @@ PipelineDep = Annotated[WritePipeline, Depends(_pipeline)]
 SettingsDep = Annotated[IngestSettings, Depends(_settings)]
 
 
-def _registry(request: Request) -> TenantRegistry:
+def _registry_of(state: Any) -> TenantRegistry:
     """The tenant registry, re-read when its file changed (at most every reload interval)."""
-    state = request.app.state
     registry: TenantRegistry = state.tenants
     now = time.monotonic()
     if now - state.tenants_checked >= state.tenants_reload_seconds:
@@ -53,10 +62,40 @@ def _registry(request: Request) -> TenantRegistry:
     return registry
 
 
+def _registry(request: Request) -> TenantRegistry:
+    return _registry_of(request.app.state)
+
+
+# Where ``authenticate_scope`` leaves the tenant it found, for ``_tenant``.
+TENANT_SCOPE_KEY = "cloudlog.tenant"
+
+
+def authenticate_scope(scope: MutableMapping[str, Any]) -> str | None:
+    """The tenant whose key the request's ``Authorization`` header carries (its name; the
+    tenant is kept in the scope), or None: from the headers alone, before any body is read
+    (bodylimit.py). Parsed as ``HTTPBearer`` parses it."""
+    authorization: str | None = None
+    for key, value in scope.get("headers") or []:
+        if key == b"authorization":
+            authorization = value.decode("latin-1")
+            break
+    scheme, key = get_authorization_scheme_param(authorization)
+    if not (authorization and scheme and key) or scheme.lower() != "bearer":
+        return None
+    tenant = _registry_of(scope["app"].state).authenticate(key)
+    if tenant is None:
+        return None
+    scope[TENANT_SCOPE_KEY] = tenant
+    return tenant.name
+
+
 def _tenant(
     request: Request,
     credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
 ) -> Tenant:
+    found: Tenant | None = request.scope.get(TENANT_SCOPE_KEY)
+    if found is not None:  # authenticated from the headers already
+        return found
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise UNAUTHORIZED
     tenant = _registry(request).authenticate(credentials.credentials)
@@ -103,10 +142,12 @@ def _is_json(content_type: str | None) -> bool:
 def _as_typed_body(body: bytes, is_json: bool) -> BatchBody:
     """What FastAPI makes of a body typed ``BatchRequest``, for bodies the fast path refused.
 
-    A body that does not parse is refused at once (422 ``json_invalid``, or 400), before
-    authentication; schema errors are kept for later, with ``loc`` starting at ``body``.
+    A body that does not parse is refused at once (422 ``json_invalid``, or 400); schema
+    errors are kept for later, with ``loc`` starting at ``body``.
     Bodies ``json.loads`` takes and pydantic's JSON parser does not (a UTF-8 BOM, UTF-16,
-    lone surrogates) are accepted here as they were.
+    lone surrogates) are parsed here as they were; a lone surrogate in any text field is then a
+    422 naming the field (``schemas._valid_unicode``), never something the journal or the writer
+    would choke on.
     """
     if not body:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
@@ -127,6 +168,18 @@ def _as_typed_body(body: bytes, is_json: bool) -> BatchBody:
                     }
                 ],
                 body=error.doc,
+            ) from error
+        except RecursionError as error:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "json_invalid",
+                        "loc": ("body",),
+                        "msg": "JSON decode error",
+                        "input": {},
+                        "ctx": {"error": "nested too deeply"},
+                    }
+                ]
             ) from error
         except Exception as error:
             raise _unreadable() from error
@@ -165,8 +218,8 @@ def _unreadable() -> HTTPException:
 async def _batch_body(request: Request) -> BatchBody:
     """The batch, validated by pydantic-core straight from the raw bytes.
 
-    Declared before the tenant, this runs where FastAPI reads a typed body: before
-    authentication. Anything the fast path refuses goes the way FastAPI would take it.
+    The tenant was authenticated from the headers before the body was read (bodylimit.py).
+    Anything the fast path refuses goes the way FastAPI would take it.
     """
     try:
         body = await request.body()
@@ -178,9 +231,42 @@ async def _batch_body(request: Request) -> BatchBody:
     if is_json:
         try:
             return BatchBody(INCOMING_BATCH.validate_json(body)["events"], [])
-        except ValidationError:
-            pass
+        except ValidationError as error:
+            if (too_deep := _nesting_error(body, error)) is not None:
+                raise RequestValidationError([too_deep]) from None
     return _as_typed_body(body, is_json)
+
+
+_RECURSION_LIMIT = re.compile(r"recursion limit exceeded at line (\d+) column (\d+)")
+
+
+def _nesting_error(body: bytes, error: ValidationError) -> dict[str, Any] | None:
+    """For a body nested deeper than pydantic's JSON parser goes (about 200 levels), the 422
+    naming the field that is too deep, found by parsing what comes before the deep point
+    (``allow_partial``), or None for any other error. Nothing recurses over the deep part:
+    ``json.loads`` would, and 952 levels raised RecursionError (a 500)."""
+    details = error.errors(include_url=False)
+    found = _RECURSION_LIMIT.search(details[0]["msg"]) if details else None
+    if found is None:
+        return None
+    line, column = int(found[1]), int(found[2])
+    start = 0
+    for _ in range(line - 1):
+        start = body.index(b"\n", start) + 1
+    location: tuple[str | int, ...] = ("body",)
+    try:
+        partial = from_json(body[: max(start + column - 2, 0)], allow_partial=True)
+    except ValueError:
+        partial = None
+    events = partial.get("events") if isinstance(partial, dict) else None
+    if isinstance(events, list) and events and isinstance(events[-1], dict) and events[-1]:
+        location = ("body", "events", len(events) - 1, list(events[-1])[-1])
+    return {
+        "type": "value_error",
+        "loc": location,
+        "msg": f"Value error, at most {MAX_FIELDS_DEPTH} levels of nested objects and arrays",
+        "input": None,
+    }
 
 
 BatchBodyDep = Annotated[BatchBody, Depends(_batch_body)]

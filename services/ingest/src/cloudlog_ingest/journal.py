@@ -9,7 +9,8 @@ already written, even after ``kill -9``. Each commit is journaled twice, with an
 On start, fingerprints younger than ``ttl_seconds`` are loaded. A commit with a ``begin`` but no
 ``done`` (the process died while writing) is recovered by reading its streams back from
 CloudWatch over its time range: every event id found there was written. The file is compacted
-as it grows.
+as it grows. The file is 0600 and its folder 0700 (the folder is made so when this user owns
+it): it names every tenant's groups and streams.
 
 In memory the journal is a :class:`FingerprintSet`: a fixed-capacity table allocated once, at
 construction, so the process does not grow as the journal fills (40 bytes per entry, at most:
@@ -57,6 +58,9 @@ COMPACT_SLACK: Final = 10_000
 # Table slots per entry, at least: at a load factor of 1/4 or less, probes and the clusters that
 # deletion shifts stay short (measured: 1/2 made adding to a full table 1.6 times as costly).
 SLOTS_PER_ENTRY: Final = 4
+# The journal names every tenant's groups and streams: readable by the service's user alone.
+FILE_MODE: Final = 0o600
+FOLDER_MODE: Final = 0o700
 _WORD: Final = 1 << 64
 
 
@@ -218,6 +222,18 @@ class FingerprintSet:
         return self._words[2 * first :].tobytes() + self._words[: 2 * last].tobytes()
 
 
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` (0700), or take group and other access away from it when this user
+    owns it: the journal says which streams were written and when. The current directory is
+    left as it is (a journal path without a folder)."""
+    folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    if folder.resolve() == Path.cwd().resolve():
+        return
+    info = folder.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        folder.chmod(FOLDER_MODE)
+
+
 @dataclass(frozen=True, slots=True)
 class Recovery:
     loaded_keys: int
@@ -292,7 +308,7 @@ class DeliveryJournal:
                 recovered,
             )
         if self._path is not None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            _private_folder(self._path.parent)
             with self._lock:
                 self._rewrite_locked()
         return Recovery(loaded, len(unfinished), recovered)
@@ -393,7 +409,10 @@ class DeliveryJournal:
         assert self._path is not None
         records = 0
         temporary = self._path.with_suffix(self._path.suffix + ".tmp")
-        with temporary.open("w", encoding="utf-8") as out:
+        temporary.unlink(missing_ok=True)  # a leftover may have a wider mode
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        os.fchmod(descriptor, FILE_MODE)  # whatever the umask
+        with open(descriptor, "w", encoding="utf-8") as out:
             for at, data in self._set.runs():
                 out.write(json.dumps({"t": "done", "at": at, "keys": data.hex()}) + "\n")
                 records += 1

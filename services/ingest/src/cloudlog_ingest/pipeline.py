@@ -7,6 +7,9 @@ tenant in turn, so a tenant with a deep backlog cannot make another wait behind 
 unwritten events are bounded per tenant and in total: past a bound ``submit`` raises
 ``Overloaded`` and the caller answers 429.
 
+A commit that fails before anything is written (one request's events the journal cannot take,
+say) is retried one submission at a time, so the failure is that request's alone.
+
 Around each write the journal records the commit (see journal.py); events the journal knows as
 written are answered "written" without being written again. Events the writer rejects are also
 reported to the ``_rejected`` stream of their own group, where the tenant can read why.
@@ -43,6 +46,10 @@ class Overloaded(Exception):
 
 class ShuttingDown(Exception):
     """The service no longer takes new work."""
+
+
+class NothingWritten(Exception):
+    """A commit failed before anything was written (its ``__cause__`` says why)."""
 
 
 @dataclass(slots=True)
@@ -169,7 +176,6 @@ class WritePipeline:
         return commit
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._ready.wait()
             commit = self._take_commit()
@@ -178,26 +184,12 @@ class WritePipeline:
                     return
                 self._ready.clear()
                 continue
-            events = [event for submission in commit for event in submission.events]
-            tenants = [submission.tenant for submission in commit for _ in submission.events]
+            count = sum(len(submission.events) for submission in commit)
             started = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, self._commit, events, tenants)
-            except Exception as exc:
-                self._metrics.commits_failed.inc()
-                logger.exception("writer failed on a commit of %d events", len(events))
-                for submission in commit:
-                    if not submission.future.done():
-                        submission.future.set_exception(exc)
-            else:
-                offset = 0
-                for submission in commit:
-                    size = len(submission.events)
-                    if not submission.future.done():
-                        submission.future.set_result(results[offset : offset + size])
-                    offset += size
+                await self._commit_submissions(commit)
             finally:
-                self._metrics.committed(len(events), time.monotonic() - started)
+                self._metrics.committed(count, time.monotonic() - started)
                 for submission in commit:
                     size = len(submission.events)
                     self._pending_events -= size
@@ -207,6 +199,46 @@ class WritePipeline:
                     else:
                         del self._pending_by_tenant[submission.tenant]
 
+    async def _commit_submissions(self, commit: list[_Submission]) -> None:
+        """Write the submissions of ``commit`` together and answer each its own results.
+
+        A failure before anything was written (``NothingWritten``: one request's events that
+        cannot even be fingerprinted or journaled) fails no one else: the submissions are then
+        committed one by one, and only the one that fails again gets the error.
+        """
+        loop = asyncio.get_running_loop()
+        events = [event for submission in commit for event in submission.events]
+        tenants = [submission.tenant for submission in commit for _ in submission.events]
+        try:
+            results = await loop.run_in_executor(self._executor, self._commit, events, tenants)
+        except NothingWritten as exc:
+            if len(commit) > 1:
+                logger.warning(
+                    "a commit of %d requests failed before writing (%s): committing each alone",
+                    len(commit),
+                    exc.__cause__,
+                )
+                for submission in commit:
+                    await self._commit_submissions([submission])
+                return
+            self._fail(commit, exc.__cause__ or exc, len(events))
+        except Exception as exc:
+            self._fail(commit, exc, len(events))
+        else:
+            offset = 0
+            for submission in commit:
+                size = len(submission.events)
+                if not submission.future.done():
+                    submission.future.set_result(results[offset : offset + size])
+                offset += size
+
+    def _fail(self, commit: list[_Submission], exc: BaseException, count: int) -> None:
+        self._metrics.commits_failed.inc()
+        logger.error("writer failed on a commit of %d events", count, exc_info=exc)
+        for submission in commit:
+            if not submission.future.done():
+                submission.future.set_exception(exc)
+
     def _commit(self, events: list[LogEvent], tenants: list[str]) -> list[EventResult]:
         """Write what was not written before; journal the commit around the write.
 
@@ -214,8 +246,11 @@ class WritePipeline:
         journal fingerprint is computed once, here, and serves both the lookup and ``finish``.
         """
         journal = self._journal
-        keys = journal.fingerprints(events)
-        known = journal.known(keys)
+        try:
+            keys = journal.fingerprints(events)
+            known = journal.known(keys)
+        except Exception as exc:
+            raise NothingWritten() from exc
         if not any(known):  # the common case: nothing redelivered
             return self._write_fresh(events, tenants, keys)
         results: list[EventResult | None] = [None] * len(events)
@@ -243,7 +278,10 @@ class WritePipeline:
     def _write_fresh(
         self, events: list[LogEvent], tenants: list[str], keys: list[bytes]
     ) -> list[EventResult]:
-        commit = self._journal.begin(events)
+        try:
+            commit = self._journal.begin(events)
+        except Exception as exc:
+            raise NothingWritten() from exc
         results = self._write(events)
         written = Outcome.WRITTEN
         failed = [i for i, result in enumerate(results) if result.outcome is not written]

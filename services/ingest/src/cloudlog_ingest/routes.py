@@ -19,6 +19,7 @@ from cloudlog_ingest.quotas import Quotas
 from cloudlog_ingest.rendering import encode_fields, render_event, render_message
 from cloudlog_ingest.schemas import (
     MAX_FIELDS_BYTES,
+    MAX_FIELDS_DEPTH,
     BatchRequest,
     BatchResponse,
     IncomingEvent,
@@ -137,7 +138,7 @@ async def post_log(
 
 
 def _encode_all_fields(events: list[IncomingEvent]) -> list[str | None]:
-    """Each event's ``fields`` as stored (None for none), or 422 for those over the bound, in
+    """Each event's ``fields`` as stored (None for none), or 422 for those over the bounds, in
     the shape and order of the schema's own errors (``schemas._bounded_fields``)."""
     encoded: list[str | None] = []
     errors: list[dict[str, Any]] = []
@@ -153,6 +154,9 @@ def _encode_all_fields(events: list[IncomingEvent]) -> list[str | None]:
         try:
             surely_within = 2 * len(text.encode()) <= MAX_FIELDS_BYTES
         except UnicodeEncodeError:
+            surely_within = False
+        # Fewer brackets than levels allowed (counting those in strings too): not too deep.
+        if surely_within and text.count("{") + text.count("[") > MAX_FIELDS_DEPTH:
             surely_within = False
         if not surely_within and (problem := fields_size_error(fields)) is not None:
             errors.append(

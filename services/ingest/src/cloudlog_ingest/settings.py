@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_INGEST_PORT = 8080
@@ -24,6 +24,11 @@ class IngestSettings(BaseSettings):
     max_pending_events_per_tenant: int = Field(default=100_000, ge=1)
     # Request bodies over this many bytes are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Bytes of request bodies being received or handled at once, in all (past it: 503) and per
+    # tenant (half of it; past that: 429), both with Retry-After (bodylimit.py).
+    max_body_bytes_in_flight: int = Field(default=64 * 1024 * 1024, ge=2048)
+    # How long a request body has to arrive, from its headers; later: 408, connection closed.
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     # How many events one group commit hands to the writer at most.
     max_commit_events: int = Field(default=50_000, ge=1)
     max_events_per_request: int = Field(default=MAX_EVENTS_PER_REQUEST, ge=1, le=100_000)
@@ -47,6 +52,15 @@ class IngestSettings(BaseSettings):
     ready_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # and the share of max_pending_events past which the writer counts as saturated.
     ready_max_pending_fraction: float = Field(default=0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _room_for_bodies(self) -> IngestSettings:
+        if self.max_body_bytes_in_flight < 2 * self.max_body_bytes:
+            raise ValueError(
+                "max_body_bytes_in_flight must be at least twice max_body_bytes "
+                "(one tenant may hold half of it, and a body of max_body_bytes must fit)"
+            )
+        return self
 
     @field_validator("journal_path", mode="before")
     @classmethod
