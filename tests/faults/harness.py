@@ -23,8 +23,8 @@ from cloudlog_devtools.processes import free_port
 from flask_cloudlog import CloudLog, CloudLogState
 from tests.conftest import read_stream
 
-# Short timeouts so that redelivery happens within a test: the longest task run plus retry
-# countdown (2 + 6 + 3 s) stays under the visibility timeout (12 s), as the worker checks.
+# Short timeouts so that redelivery happens within a test: a killed worker's messages come back
+# within the 12 s visibility timeout (the worker's heartbeats keep them hidden while it lives).
 FAULT_ENV = {
     "CLOUDLOG_VISIBILITY_TIMEOUT": "12",
     "CLOUDLOG_HTTP_CONNECT_TIMEOUT": "2",

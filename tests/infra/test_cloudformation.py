@@ -101,7 +101,7 @@ def test_parameters_and_their_defaults_match_the_application(template: dict[str,
     broker = BrokerSettings()
     assert parameters["QueueName"]["Default"] == DEFAULT_QUEUE_NAME
     assert f"{DEFAULT_QUEUE_NAME}-dlq" == DEFAULT_DEAD_LETTER_QUEUE_NAME
-    assert parameters["VisibilityTimeout"]["Default"] == broker.visibility_timeout == 900
+    assert parameters["VisibilityTimeout"]["Default"] == broker.visibility_timeout == 30
     assert parameters["MaxReceiveCount"]["Default"] == broker.max_receive_count == 5
     assert parameters["TenantLogGroupPrefix"]["Default"] == "cloudlog/"
     assert 60 <= parameters["MessageRetention"]["Default"] <= 1_209_600

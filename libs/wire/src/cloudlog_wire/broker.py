@@ -12,6 +12,7 @@ import json
 from typing import Any
 from urllib.parse import urlsplit
 
+from botocore.exceptions import ClientError
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +27,17 @@ MAX_VISIBILITY_TIMEOUT_S = 12 * 60 * 60
 MAX_WAIT_TIME_SECONDS = 20
 # SQS: MessageRetentionPeriod up to 14 days; the dead-letter queue keeps its messages longest.
 DEAD_LETTER_RETENTION_S = 14 * 24 * 60 * 60
+# SQS: DelaySeconds of one message 0..900 (SQS API reference, SendMessage).
+MAX_DELAY_SECONDS = 900
+# How long a received message stays hidden unless the worker extends it (sqs_transport.py):
+# what a worker killed with kill -9 costs its messages before another worker gets them.
+DEFAULT_VISIBILITY_TIMEOUT_S = 30
+# Transport options cloudlog_wire.sqs_transport reads besides kombu's own: seconds between two
+# extensions of a held message, and how long a message may be held (extended) at most.
+HEARTBEAT_INTERVAL_OPTION = "visibility_heartbeat_interval"
+MAX_HOLD_OPTION = "visibility_max_hold_seconds"
+# CreateQueue's answer for a name taken by a queue with other attributes.
+QUEUE_EXISTS_CODES = frozenset({"QueueAlreadyExists", "QueueNameExists"})
 
 
 class BrokerSettings(BaseSettings):
@@ -40,8 +52,16 @@ class BrokerSettings(BaseSettings):
     dead_letter_queue_name: str = DEFAULT_DEAD_LETTER_QUEUE_NAME
     # After this many receives without success a message moves to the dead-letter queue.
     max_receive_count: int = Field(default=5, ge=1, le=1000)
-    # Must exceed the longest task run plus the longest retry countdown (see worker settings).
-    visibility_timeout: int = Field(default=900, ge=1, le=MAX_VISIBILITY_TIMEOUT_S)
+    # Seconds a received message stays hidden. The worker extends each message it holds every
+    # ``visibility_heartbeat_interval`` seconds (sqs_transport.py), so this bounds how long a
+    # dead worker's messages wait, not how long a task may run.
+    visibility_timeout: int = Field(
+        default=DEFAULT_VISIBILITY_TIMEOUT_S, ge=2, le=MAX_VISIBILITY_TIMEOUT_S
+    )
+    # None: a third of the visibility timeout.
+    visibility_heartbeat_interval: float | None = Field(
+        default=None, gt=0, le=MAX_VISIBILITY_TIMEOUT_S
+    )
     wait_time_seconds: int = Field(default=10, ge=0, le=MAX_WAIT_TIME_SECONDS)
     polling_interval: float = Field(default=0.1, ge=0, le=60)
 
@@ -50,6 +70,12 @@ class BrokerSettings(BaseSettings):
         if self.queue_name == self.dead_letter_queue_name:
             raise ValueError("queue_name and dead_letter_queue_name must differ")
         return self
+
+    def heartbeat_interval(self) -> float:
+        """Seconds between two extensions of a message the worker holds."""
+        if self.visibility_heartbeat_interval is not None:
+            return self.visibility_heartbeat_interval
+        return self.visibility_timeout / 3
 
 
 def broker_url_for(broker: BrokerSettings, aws: AwsSettings) -> str:
@@ -72,6 +98,8 @@ def transport_options_for(broker: BrokerSettings, aws: AwsSettings) -> dict[str,
         "region": aws.aws_region,
         "is_secure": is_secure,
         "visibility_timeout": broker.visibility_timeout,
+        # Read by cloudlog_wire.sqs_transport: how often a held message is extended.
+        HEARTBEAT_INTERVAL_OPTION: broker.heartbeat_interval(),
         "wait_time_seconds": broker.wait_time_seconds,
         "polling_interval": broker.polling_interval,
         # The envelope is JSON whose body kombu already base64-encodes: a second base64 of the
@@ -105,7 +133,9 @@ def celery_broker_config(broker: BrokerSettings, aws: AwsSettings) -> dict[str, 
 def ensure_queues(sqs_client: Any, broker: BrokerSettings) -> dict[str, str]:
     """Create the queue and its dead-letter queue with a redrive policy; return their URLs.
 
-    Idempotent: CreateQueue with the same attributes returns the existing queue.
+    Idempotent: CreateQueue with the same attributes returns the existing queue; a queue that
+    exists with other attributes (say the visibility timeout of an earlier release) is given
+    ours with SetQueueAttributes.
     """
     dlq_url = sqs_client.create_queue(
         QueueName=broker.dead_letter_queue_name,
@@ -115,11 +145,17 @@ def ensure_queues(sqs_client: Any, broker: BrokerSettings) -> dict[str, str]:
         "Attributes"
     ]["QueueArn"]
     redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(broker.max_receive_count)}
-    queue_url = sqs_client.create_queue(
-        QueueName=broker.queue_name,
-        Attributes={
-            "VisibilityTimeout": str(broker.visibility_timeout),
-            "RedrivePolicy": json.dumps(redrive),
-        },
-    )["QueueUrl"]
+    attributes = {
+        "VisibilityTimeout": str(broker.visibility_timeout),
+        "RedrivePolicy": json.dumps(redrive),
+    }
+    try:
+        queue_url = sqs_client.create_queue(QueueName=broker.queue_name, Attributes=attributes)[
+            "QueueUrl"
+        ]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in QUEUE_EXISTS_CODES:
+            raise
+        queue_url = sqs_client.get_queue_url(QueueName=broker.queue_name)["QueueUrl"]
+        sqs_client.set_queue_attributes(QueueUrl=queue_url, Attributes=attributes)
     return {broker.queue_name: queue_url, broker.dead_letter_queue_name: dlq_url}

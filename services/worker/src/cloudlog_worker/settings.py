@@ -5,10 +5,13 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cloudlog_wire.broker import BrokerSettings
+from cloudlog_wire.broker import MAX_DELAY_SECONDS, BrokerSettings
 
 # Where the worker serves Prometheus metrics unless told otherwise (0 turns them off).
 DEFAULT_WORKER_METRICS_PORT = 9808
+# A task's time besides its HTTP call: publishing its retry or its dead letter (with retries),
+# decoding its batch. Part of how long the worker extends a message at most.
+TASK_OVERHEAD_SECONDS = 60.0
 
 
 class WorkerSettings(BaseSettings):
@@ -27,7 +30,8 @@ class WorkerSettings(BaseSettings):
     # Retries of a batch whose task raised something unexpected, before it is dead-lettered.
     max_exception_retries: int = Field(default=3, ge=0, le=1000)
     retry_backoff_base: float = Field(default=1.0, gt=0, le=60)
-    retry_backoff_max: float = Field(default=300.0, gt=0, le=3600)
+    # A retry waits in SQS as its message's DelaySeconds, at most 900 s.
+    retry_backoff_max: float = Field(default=300.0, gt=0, le=MAX_DELAY_SECONDS)
     # Prometheus metrics on http://HOST:PORT/metrics (worker_metrics.py); port 0: none.
     worker_metrics_port: int = Field(default=DEFAULT_WORKER_METRICS_PORT, ge=0, le=65535)
     worker_metrics_host: str = "127.0.0.1"
@@ -46,16 +50,22 @@ class WorkerSettings(BaseSettings):
         return self
 
     def longest_task_seconds(self) -> float:
-        """One run (an HTTP call) plus the longest retry countdown."""
-        return self.http_connect_timeout + self.http_read_timeout + self.retry_backoff_max
+        """How long one run may legitimately hold its message: the HTTP call, then publishing
+        a retry or a dead letter. The retry countdown is not part of it: the retried copy waits
+        in SQS (DelaySeconds), not in the worker."""
+        return self.http_connect_timeout + self.http_read_timeout + TASK_OVERHEAD_SECONDS
 
 
 def check_visibility_timeout(worker: WorkerSettings, broker: BrokerSettings) -> None:
-    """SQS redelivers a message still being worked on once its visibility timeout passes."""
-    needed = worker.longest_task_seconds()
-    if broker.visibility_timeout <= needed:
+    """The worker extends each message it holds every heartbeat interval (sqs_transport.py);
+    SQS redelivers a message still being worked on unless an extension arrives in time. At
+    least two beats must fit in one timeout, so that one failed ChangeMessageVisibility does
+    not cost the message."""
+    interval = broker.heartbeat_interval()
+    if interval * 2 > broker.visibility_timeout:
         raise ValueError(
-            f"CLOUDLOG_VISIBILITY_TIMEOUT ({broker.visibility_timeout} s) must exceed the longest "
-            f"task run plus retry countdown ({needed:.0f} s): raise it or lower "
-            "CLOUDLOG_HTTP_READ_TIMEOUT / CLOUDLOG_RETRY_BACKOFF_MAX"
+            f"CLOUDLOG_VISIBILITY_HEARTBEAT_INTERVAL ({interval:g} s) must be at most half of "
+            f"CLOUDLOG_VISIBILITY_TIMEOUT ({broker.visibility_timeout} s): the worker extends "
+            "the messages it holds that often, and SQS redelivers one whose extension is late; "
+            "unset the interval (a third of the timeout) or raise the timeout"
         )

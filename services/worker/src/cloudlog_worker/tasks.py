@@ -15,12 +15,24 @@ A message is acknowledged (deleted from SQS) in exactly two cases:
 Everything else goes back to the queue: connection errors, 5xx, 408, 429 (honouring
 ``Retry-After``), a 2xx/3xx that is not ingest's full answer (a load balancer's maintenance page,
 a ``results`` of the wrong length) are retried with capped, fully jittered exponential backoff
-(``self.retry``: a copy is published with a countdown, then the original acknowledged), up to
+(``self.retry``: a copy is published, then the original acknowledged), up to
 ``CLOUDLOG_MAX_RETRIES``; then the batch is dead-lettered with cause ``retries_exhausted``.
 Permanent answers are dead-lettered at once: 401, 403, 413, 422 (``http_<status>``), any other
 4xx (``http_4xx``), an undecodable task (``undecodable``), one too large (``oversized``).
 An unexpected exception is retried ``CLOUDLOG_MAX_EXCEPTION_RETRIES`` times, then dead-lettered
 (``unexpected_error``).
+
+Design: why a retry waits in SQS, not in the worker. Celery's ``countdown`` makes the copy an
+ETA task: whichever worker receives it keeps it in memory, unacknowledged, until its time comes,
+while its message must stay invisible all that while. A worker killed then would hold back
+every such message until SQS's visibility timeout ran out, and the visibility timeout would
+have to exceed the longest countdown. So the copy is published without an ETA and with SQS's
+own per-message delay (``delay_seconds``, which cloudlog's kombu transport sends as
+``DelaySeconds``, at most 900 s: ``CLOUDLOG_RETRY_BACKOFF_MAX`` is bounded by it); SQS keeps it
+hidden for the countdown and any worker may take it afterwards. A message a worker holds is
+kept invisible by the transport's visibility heartbeat (cloudlog_wire/sqs_transport.py) only
+while its task runs, so the visibility timeout (30 s by default) bounds how long a dead
+worker's messages wait.
 
 Design: why the worker dead-letters itself rather than relying on SQS redrive. Rejecting with
 requeue until ``maxReceiveCount`` records nothing: the dead-letter queue would hold the batch
@@ -49,6 +61,7 @@ Each outcome is counted in the worker's metrics (metrics.py) and logged once, wi
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -62,6 +75,7 @@ import httpx
 from celery import Celery, Task
 from celery.exceptions import Reject, Retry
 
+from cloudlog_wire.broker import MAX_DELAY_SECONDS
 from cloudlog_wire.celery_app import DELIVER_TASK_NAME
 from cloudlog_wire.payload import (
     MAX_TASK_EVENTS,
@@ -180,6 +194,11 @@ class HttpClientHolder:
                     )
                     self._pid = os.getpid()
         return self._client
+
+
+def delay_seconds(countdown: float) -> int:
+    """A countdown as SQS's DelaySeconds: whole seconds, rounded up, 0..900."""
+    return max(0, min(MAX_DELAY_SECONDS, math.ceil(countdown)))
 
 
 def retry_countdown(retries: int, settings: WorkerSettings, retry_after: float | None) -> float:
@@ -357,6 +376,8 @@ def register_tasks(
         acks_on_failure_or_timeout=False,
         reject_on_worker_lost=True,
         max_retries=settings.max_retries,
+        # A retry without a countdown carries no ETA (see retry below), not Celery's 180 s.
+        default_retry_delay=None,
     )
     def deliver_batch(
         self: Task,
@@ -425,7 +446,9 @@ def register_tasks(
         try:
             raise task.retry(
                 exc=IngestUnavailable(detail),
-                countdown=countdown,
+                # No countdown (an ETA the receiving worker would hold the message for): SQS
+                # keeps the copy hidden for the countdown instead (see the module's docstring).
+                delay_seconds=delay_seconds(countdown),
                 # Celery would show the arguments of the copy as they are: the key with them.
                 argsrepr=task_argsrepr(
                     (task.request.args or [None])[0], kwargs.get("encoding"), count

@@ -15,7 +15,7 @@ from celery.signals import setup_logging, worker_process_init, worker_ready
 from cloudlog_core.aws import AwsSettings
 from cloudlog_core.gc_settle import freeze_startup_objects
 from cloudlog_core.logging_json import configure_json_logging
-from cloudlog_wire.broker import BrokerSettings
+from cloudlog_wire.broker import MAX_HOLD_OPTION, BrokerSettings
 from cloudlog_wire.celery_app import create_celery
 from cloudlog_wire.payload import redact
 from cloudlog_worker.metrics import WorkerMetrics, serve_metrics
@@ -48,6 +48,12 @@ def create_worker_app(
         worker_prefetch_multiplier=1,
         worker_concurrency=worker.worker_concurrency,
         worker_pool=worker.worker_pool,
+        # The transport extends each message it holds (sqs_transport.py), for as long as a task
+        # may legitimately take; past that SQS redelivers it.
+        broker_transport_options={
+            **app.conf.broker_transport_options,
+            MAX_HOLD_OPTION: worker.longest_task_seconds(),
+        },
     )
     register_tasks(app, worker, metrics, dead_letter_queue=broker.dead_letter_queue_name)
     return app
