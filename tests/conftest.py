@@ -95,3 +95,15 @@ def wait_for(
                 return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what or probe}: last={last!r}")
+
+
+def log_event(group: str, stream: str = "s", message: str = "m", **extra: Any) -> dict[str, Any]:
+    """One ``POST /v1/logs`` event, stamped now, with a fresh id."""
+    return {
+        "event_id": uuid.uuid4().hex,
+        "timestamp": int(time.time() * 1000),
+        "log_group": group,
+        "log_stream": stream,
+        "message": message,
+        **extra,
+    }

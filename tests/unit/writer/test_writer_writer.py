@@ -209,7 +209,9 @@ def test_streams_in_parallel_but_one_put_per_stream() -> None:
             t.join()
     assert outcomes == [[True] * 18] * 3
     assert max(fake.max_in_flight.values()) == 1  # never two puts at once on one stream
-    assert 1 < fake.max_total_in_flight <= 4  # streams in parallel, within the pool bound
+    # Streams in parallel, within the pool bound: the pool's 4 threads plus each of the 3
+    # callers, which works on its own streams too (fairpool.py).
+    assert 1 < fake.max_total_in_flight <= 4 + 3
     assert all(len(fake.messages("g", f"s{s}")) == 9 for s in range(6))
 
 

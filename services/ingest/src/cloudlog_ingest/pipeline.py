@@ -1,18 +1,31 @@
 """Group commit: events from many requests are written together, each request awaits its own.
 
-One commit is in flight at a time; while it runs, new submissions queue up and the next commit
-takes them (up to ``max_commit_events``), so the busier the service, the larger and fewer the
-PutLogEvents calls. Each tenant has its own queue and a commit takes one submission from each
-tenant in turn, so a tenant with a deep backlog cannot make another wait behind it. Accepted but
-unwritten events are bounded per tenant and in total: past a bound ``submit`` raises
-``Overloaded`` and the caller answers 429.
+Each tenant has its own queue and at most one commit in flight; while it runs, the tenant's new
+submissions queue up and its next commit takes them (up to ``max_commit_events``), so the
+busier the tenant, the larger and fewer its PutLogEvents calls. Commits of different tenants run
+at once (up to ``max_concurrent_commits``, tenants taken in turn), so a tenant whose commit is
+slow (thousands of streams to create, say) makes no other tenant wait: each request is answered
+when its own commit is written. The writer shares its stream threads fairly between the commits
+(cloudlog_writer.fairpool).
+
+Accepted but unwritten events are bounded per tenant and in total: past a bound ``submit`` raises
+``Overloaded`` and the caller answers 429. The last ``pending_reserve_fraction`` of the total is
+kept for quiet tenants (each holding at most a quarter of that reserve), and no tenant may hold
+more than the rest: however many tenants flood, the bound is theirs, never the others'.
+``saturation_pending`` (for /readyz) leaves out the events of tenants at their own bound.
+
+New groups and streams are a quota of their own, per tenant (quotas.NewStreamQuotas): ``submit``
+counts the streams and groups of a request that the pipeline does not know to exist, and raises
+``NewStreamsOverQuota`` (a 429 with its Retry-After) before anything is queued.
 
 A commit that fails before anything is written (one request's events the journal cannot take,
 say) is retried one submission at a time, so the failure is that request's alone.
 
-Around each write the journal records the commit (see journal.py); events the journal knows as
-written are answered "written" without being written again. Events the writer rejects are also
-reported to the ``_rejected`` stream of their own group, where the tenant can read why.
+Around each write the journal records the commit (see journal.py), in chunks of at most
+``max_commit_streams`` streams, so that one ``begin`` record stays small whatever a tenant
+sends; events the journal knows as written are answered "written" without being written
+again. Events the writer rejects are also reported to the ``_rejected`` stream of their own
+group, where the tenant can read why.
 What happens to each event is counted, per tenant, in the service's metrics (metrics.py).
 """
 
@@ -26,10 +39,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from cloudlog_ingest.confinement import REJECTED_STREAM
 from cloudlog_ingest.journal import DeliveryJournal
 from cloudlog_ingest.metrics import IngestMetrics
+from cloudlog_ingest.quotas import NewStreamQuotas
+from cloudlog_ingest.settings import IngestSettings
+from cloudlog_writer.existence import BoundedTtlCache
 from cloudlog_writer.models import EventResult, LogEvent, Outcome
 
 logger = logging.getLogger(__name__)
@@ -40,8 +57,24 @@ DUPLICATE_DETAIL = "duplicate: already written"
 REJECTED_QUOTE_CHARS = 4_096
 
 
+# Streams and groups remembered as existing (or promised to a request already admitted).
+KNOWN_STREAMS_MAX = 100_000
+KNOWN_STREAMS_TTL_SECONDS = 3600.0
+PENDING_DETAIL = "too many events are pending; retry later"
+
+
 class Overloaded(Exception):
-    """More events are pending than the service will hold."""
+    """More events are pending than the service will hold. ``retry_after``: seconds, when the
+    pipeline knows better than the service's default."""
+
+    def __init__(self, detail: str = PENDING_DETAIL, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class NewStreamsOverQuota(Overloaded):
+    """The request would create more groups and streams than the tenant's quota allows now."""
 
 
 class ShuttingDown(Exception):
@@ -90,11 +123,28 @@ class WritePipeline:
         max_commit_events: int,
         journal: DeliveryJournal | None = None,
         metrics: IngestMetrics | None = None,
+        pending_reserve_fraction: float = 0.0,
+        max_concurrent_commits: int = 8,
+        max_commit_streams: int = 256,
+        new_streams: NewStreamQuotas | None = None,
     ):
+        """``new_streams``: the per-tenant quota of group and stream creations (None: none)."""
         self._write = write
         self._max_pending_events = max_pending_events
-        self._max_pending_per_tenant = max_pending_events_per_tenant or max_pending_events
+        reserve = int(max_pending_events * pending_reserve_fraction)
+        self._shared_pending = max(1, max_pending_events - reserve)
+        self._quiet_events = reserve // 4  # what a tenant may hold and still use the reserve
+        self._max_pending_per_tenant = min(
+            max_pending_events_per_tenant or max_pending_events, self._shared_pending
+        )
         self._max_commit_events = max_commit_events
+        self._max_concurrent_commits = max(1, max_concurrent_commits)
+        self._max_commit_streams = max(1, max_commit_streams)
+        self._new_streams = new_streams
+        self._known: BoundedTtlCache[tuple[str, ...], None] = BoundedTtlCache(
+            KNOWN_STREAMS_MAX, KNOWN_STREAMS_TTL_SECONDS
+        )
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
         if journal is None:  # not `journal or ...`: an empty journal has len() 0 and is falsy
             journal = DeliveryJournal(None, max_entries=100_000, ttl_seconds=3600)
         self._journal = journal
@@ -104,7 +154,9 @@ class WritePipeline:
         self._ready = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudlog-commit")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._max_concurrent_commits, thread_name_prefix="cloudlog-commit"
+        )
         self._metrics = metrics or IngestMetrics()
         self._metrics.track_pending(lambda: self._pending_events, max_pending_events)
 
@@ -115,6 +167,15 @@ class WritePipeline:
     @property
     def max_pending_events(self) -> int:
         return self._max_pending_events
+
+    @property
+    def saturation_pending(self) -> int:
+        """Pending events, leaving out those of tenants at their own bound: a tenant's flood is
+        that tenant's 429, not the service's saturation (/readyz)."""
+        full = self._max_pending_per_tenant - self._quiet_events
+        return self._pending_events - sum(
+            pending for pending in self._pending_by_tenant.values() if pending >= full
+        )
 
     @property
     def closing(self) -> bool:
@@ -132,11 +193,9 @@ class WritePipeline:
             raise ShuttingDown()
         count = len(events)
         tenant_pending = self._pending_by_tenant.get(tenant, 0)
-        if (
-            self._pending_events + count > self._max_pending_events
-            or tenant_pending + count > self._max_pending_per_tenant
-        ):
-            raise Overloaded()
+        self._check_room(tenant_pending + count, self._pending_events + count)
+        if self._new_streams is not None:
+            self._charge_new_streams(tenant, events)
         future: asyncio.Future[list[EventResult]] = asyncio.get_running_loop().create_future()
         self._pending_events += count
         self._pending_by_tenant[tenant] = tenant_pending + count
@@ -144,6 +203,43 @@ class WritePipeline:
         self._ready.set()
         self._metrics.accepted(tenant, count)
         return future
+
+    def _check_room(self, tenant_after: int, total_after: int) -> None:
+        """Overloaded unless the tenant stays within its bound, and the total within the shared
+        part (or, for a quiet tenant, within the whole bound: the reserve is for them)."""
+        if tenant_after > self._max_pending_per_tenant:
+            raise Overloaded("this tenant has too many events pending; retry later")
+        if total_after <= self._shared_pending:
+            return
+        if tenant_after <= self._quiet_events and total_after <= self._max_pending_events:
+            return
+        raise Overloaded()
+
+    def _charge_new_streams(self, tenant: str, events: Sequence[LogEvent]) -> None:
+        """Take the request's unknown groups and streams from the tenant's creation quota, or
+        raise NewStreamsOverQuota; once admitted they count as known (promised)."""
+        known = self._known
+        unknown: set[tuple[str, ...]] = set()
+        keys: set[tuple[str, ...]] = {(event.log_group, event.log_stream) for event in events}
+        for key in keys:
+            if key not in known:
+                unknown.add(key)
+                if (group := (key[0],)) not in known:
+                    unknown.add(group)
+        if not unknown:
+            return
+        assert self._new_streams is not None
+        wait = self._new_streams.admit(tenant, len(unknown))
+        if wait:
+            quota = self._new_streams
+            raise NewStreamsOverQuota(
+                f"the request would create {len(unknown)} log groups and streams, over the "
+                f"quota of {quota.rate:g} per second (burst {quota.burst}); retry later, or "
+                "write to fewer new streams at once",
+                retry_after=wait,
+            )
+        for key in unknown:
+            known.put(key, None)
 
     async def stop(self, timeout: float) -> None:
         """Take no more work, write what was accepted (within ``timeout``), then stop."""
@@ -157,47 +253,58 @@ class WritePipeline:
                     "shutdown timeout: %d accepted events were not written", self._pending_events
                 )
                 self._task.cancel()
+                for task in list(self._in_flight.values()):
+                    task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _take_commit(self) -> list[_Submission]:
-        """Up to ``max_commit_events``, one submission from each tenant in turn."""
+    def _take_commit(self, tenant: str) -> list[_Submission]:
+        """The tenant's next submissions, up to ``max_commit_events`` (one at least); a tenant
+        with more left goes to the back of the turn."""
+        queue = self._queues.pop(tenant)
         commit: list[_Submission] = []
         count = 0
-        while self._queues and count < self._max_commit_events:
-            for tenant in list(self._queues):
-                queue = self._queues[tenant]
-                submission = queue.popleft()
-                if not queue:
-                    del self._queues[tenant]
-                commit.append(submission)
-                count += len(submission.events)
-                if count >= self._max_commit_events:
-                    break
+        while queue and (not commit or count + len(queue[0].events) <= self._max_commit_events):
+            submission = queue.popleft()
+            commit.append(submission)
+            count += len(submission.events)
+        if queue:
+            self._queues[tenant] = queue
         return commit
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._ready.wait()
-            commit = self._take_commit()
-            if not commit:
-                if self._closing:
-                    return
-                self._ready.clear()
-                continue
-            count = sum(len(submission.events) for submission in commit)
-            started = time.monotonic()
-            try:
-                await self._commit_submissions(commit)
-            finally:
-                self._metrics.committed(count, time.monotonic() - started)
-                for submission in commit:
-                    size = len(submission.events)
-                    self._pending_events -= size
-                    left = self._pending_by_tenant[submission.tenant] - size
-                    if left:
-                        self._pending_by_tenant[submission.tenant] = left
-                    else:
-                        del self._pending_by_tenant[submission.tenant]
+            self._ready.clear()
+            for tenant in list(self._queues):
+                if len(self._in_flight) >= self._max_concurrent_commits:
+                    break
+                if tenant in self._in_flight:
+                    continue
+                commit = self._take_commit(tenant)
+                self._in_flight[tenant] = loop.create_task(
+                    self._run_commit(tenant, commit), name=f"cloudlog-commit-{tenant}"
+                )
+            if self._closing and not self._queues and not self._in_flight:
+                return
+
+    async def _run_commit(self, tenant: str, commit: list[_Submission]) -> None:
+        count = sum(len(submission.events) for submission in commit)
+        started = time.monotonic()
+        try:
+            await self._commit_submissions(commit)
+        finally:
+            self._metrics.committed(count, time.monotonic() - started)
+            for submission in commit:
+                size = len(submission.events)
+                self._pending_events -= size
+                left = self._pending_by_tenant[submission.tenant] - size
+                if left:
+                    self._pending_by_tenant[submission.tenant] = left
+                else:
+                    del self._pending_by_tenant[submission.tenant]
+            del self._in_flight[tenant]
+            self._ready.set()
 
     async def _commit_submissions(self, commit: list[_Submission]) -> None:
         """Write the submissions of ``commit`` together and answer each its own results.
@@ -278,6 +385,48 @@ class WritePipeline:
     def _write_fresh(
         self, events: list[LogEvent], tenants: list[str], keys: list[bytes]
     ) -> list[EventResult]:
+        """Journal and write, in chunks of at most ``max_commit_streams`` streams (each of a
+        stream's events in the same chunk). A chunk after the first that cannot be journaled
+        fails the whole commit: what was written is journaled, and recognised when it comes
+        back."""
+        chunks = self._stream_chunks(events)
+        if len(chunks) == 1:
+            return self._write_chunk(events, tenants, keys)
+        results: list[EventResult | None] = [None] * len(events)
+        for number, positions in enumerate(chunks):
+            try:
+                written = self._write_chunk(
+                    [events[p] for p in positions],
+                    [tenants[p] for p in positions],
+                    [keys[p] for p in positions],
+                )
+            except NothingWritten as exc:
+                if number == 0:
+                    raise
+                raise RuntimeError("could not journal a commit's next streams") from exc.__cause__
+            for position, result in zip(positions, written, strict=True):
+                results[position] = result
+        return [result for result in results if result is not None]
+
+    def _stream_chunks(self, events: list[LogEvent]) -> list[list[int]]:
+        """Positions of ``events``, grouped so that each group has at most
+        ``max_commit_streams`` streams; one group in the common case."""
+        limit = self._max_commit_streams
+        chunk_of: dict[tuple[str, str], int] = {}
+        chunks: list[list[int]] = [[]]
+        for position, event in enumerate(events):
+            key = (event.log_group, event.log_stream)
+            chunk = chunk_of.get(key)
+            if chunk is None:
+                chunk = chunk_of[key] = len(chunk_of) // limit
+                if chunk == len(chunks):
+                    chunks.append([])
+            chunks[chunk].append(position)
+        return chunks
+
+    def _write_chunk(
+        self, events: list[LogEvent], tenants: list[str], keys: list[bytes]
+    ) -> list[EventResult]:
         try:
             commit = self._journal.begin(events)
         except Exception as exc:
@@ -327,3 +476,16 @@ class WritePipeline:
                     REJECTED_STREAM,
                     outcome.detail,
                 )
+
+
+def pipeline_options(settings: IngestSettings) -> dict[str, Any]:
+    """The ``WritePipeline`` keyword arguments that come from the service's settings."""
+    return {
+        "max_pending_events": settings.max_pending_events,
+        "max_pending_events_per_tenant": settings.max_pending_events_per_tenant,
+        "max_commit_events": settings.max_commit_events,
+        "pending_reserve_fraction": settings.pending_reserve_fraction,
+        "max_concurrent_commits": settings.max_concurrent_commits,
+        "max_commit_streams": settings.max_commit_streams,
+        "new_streams": NewStreamQuotas(settings.new_streams_per_second, settings.new_streams_burst),
+    }

@@ -9,6 +9,9 @@ Two checks, both must pass:
   ingest policy need not allow DescribeLogGroups.
 - ``pending``: events accepted but not yet written stay below a fraction of the bound
   (``max_pending_events``); past it the writer is saturated and new work would soon get 429s.
+  Events of tenants at their own bound are not counted (``WritePipeline.saturation_pending``):
+  a tenant's flood is that tenant's 429, and the others are still served from the room the
+  pipeline keeps for them, so taking the instance out would fail everyone for one tenant.
 
 A pipeline that is shutting down, or not started, is not ready.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_INGEST_PORT = 8080
@@ -22,6 +22,17 @@ class IngestSettings(BaseSettings):
     max_pending_events: int = Field(default=200_000, ge=1)
     # The same, per tenant: one tenant's backlog cannot fill the service for the others.
     max_pending_events_per_tenant: int = Field(default=100_000, ge=1)
+    # The last share of max_pending_events only quiet tenants may fill (those holding at most a
+    # quarter of it): floods never take the whole bound from the others (pipeline.py).
+    pending_reserve_fraction: float = Field(default=0.2, ge=0, lt=1)
+    # Group and stream creations per tenant (CreateLogStream is ~50/s per AWS account): a
+    # request needing more is refused with 429 + Retry-After before anything is written.
+    new_streams_per_second: float = Field(default=20.0, gt=0)
+    new_streams_burst: int = Field(default=200, ge=1)
+    # Commits written at once, one per tenant at most: a slow tenant delays only itself.
+    max_concurrent_commits: int = Field(default=8, ge=1, le=256)
+    # Streams one journaled commit covers at most (bounds the journal's begin record).
+    max_commit_streams: int = Field(default=256, ge=1)
     # Request bodies over this many bytes are refused with 413 before they are parsed.
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Bytes of request bodies being received or handled at once, in all (past it: 503) and per
@@ -52,6 +63,11 @@ class IngestSettings(BaseSettings):
     ready_cache_seconds: float = Field(default=5.0, ge=0, le=300)
     # and the share of max_pending_events past which the writer counts as saturated.
     ready_max_pending_fraction: float = Field(default=0.9, gt=0, le=1)
+    # GET /metrics (and /readyz's details) only with ``Authorization: Bearer <token>``; unset:
+    # /metrics answers 404 and /readyz names its checks without details (README, Threat model).
+    metrics_token: SecretStr | None = None
+    # /docs, /redoc and /openapi.json: the static description of the public API, no tenant data.
+    docs: bool = True
 
     @model_validator(mode="after")
     def _room_for_bodies(self) -> IngestSettings:
@@ -61,6 +77,15 @@ class IngestSettings(BaseSettings):
                 "(one tenant may hold half of it, and a body of max_body_bytes must fit)"
             )
         return self
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _no_empty_token(cls, value: object) -> object:
+        if value is None or value == "":
+            return None
+        if isinstance(value, str) and len(value.strip()) < 16:
+            raise ValueError("metrics_token must be at least 16 characters")
+        return value
 
     @field_validator("journal_path", mode="before")
     @classmethod

@@ -3,8 +3,9 @@
 write() checks each event (admission.py), splits oversized ones (splitting.py), partitions by
 stream (partition.py's StreamKey, while admitting), orders (ordering.py), batches within
 every limit (batching.py) and sends each batch (sender.py). Streams go in parallel through a
-bounded pool; within a stream batches go one at a time under that stream's lock, which also
-holds across concurrent write() calls.
+bounded pool shared fairly between concurrent write() calls (fairpool.py: one call's thousands
+of new streams do not make another call's streams wait behind them); within a stream batches go
+one at a time under that stream's lock, which also holds across concurrent write() calls.
 
 The common case is made cheap, since every event passes here: names and the time window are
 settled once per stream and call, an ASCII message is measured without encoding (its size then
@@ -15,13 +16,13 @@ their ids match, and a result object is made once per event, at the end. Anythin
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
 import random as random_module
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Final, NamedTuple
 
@@ -31,6 +32,7 @@ from .admission import Refusal, check_event, check_names, oldest_allowed_ms
 from .batching import plan_batches
 from .dedupe import WrittenEvents
 from .existence import BoundedTtlCache, ExistenceCache
+from .fairpool import FairPool
 from .limits import EVENT_OVERHEAD_BYTES, MAX_FUTURE_MS, event_size
 from .locks import StripedLocks
 from .models import EventResult, GroupOptions, LogEvent, Outcome, RejectReason
@@ -58,7 +60,7 @@ class _Stream(NamedTuple):
 
 def make_logs_client(settings: WriterSettings, aws: AwsSettings | None = None) -> Any:
     """A CloudWatch Logs client for the writer: botocore's own retries off (our policy governs),
-    timeouts from settings, and a connection pool as wide as the stream pool.
+    timeouts from settings, and a connection pool as wide as the stream pool plus the callers.
 
     botocore's parameter validation is off: it walks every event of every PutLogEvents call
     (a few microseconds an event), and admission (admission.py) and batching already refuse
@@ -71,7 +73,7 @@ def make_logs_client(settings: WriterSettings, aws: AwsSettings | None = None) -
         max_attempts=1,
         connect_timeout=settings.connect_timeout_seconds,
         read_timeout=settings.read_timeout_seconds,
-        max_pool_connections=settings.stream_parallelism + 2,
+        max_pool_connections=settings.stream_parallelism + 16,
         parameter_validation=False,
     )
 
@@ -131,9 +133,7 @@ class CloudWatchWriter:
             monotonic=monotonic,
         )
         self._locks = StripedLocks()
-        self._pool = ThreadPoolExecutor(
-            max_workers=s.stream_parallelism, thread_name_prefix="cloudlog-writer"
-        )
+        self._pool = FairPool(s.stream_parallelism, thread_name_prefix="cloudlog-writer")
         self._written = WrittenEvents(s.dedupe_max_entries, s.dedupe_ttl_seconds, monotonic)
         self._closed = False
         self._active = 0  # write() calls under way
@@ -168,7 +168,7 @@ class CloudWatchWriter:
         with self._state:
             self._closed = True
             self._state.wait_for(lambda: self._active == 0)
-        self._pool.shutdown(wait=True)
+        self._pool.close()
 
     def __enter__(self) -> CloudWatchWriter:
         return self
@@ -278,11 +278,11 @@ class CloudWatchWriter:
                 for key, items in by_stream.items()
                 for pair in self._send_stream(key, events, items)
             ]
-        futures = [
-            self._pool.submit(self._send_stream, key, events, items)
+        tasks = [
+            functools.partial(self._send_stream, key, events, items)
             for key, items in by_stream.items()
         ]
-        return [pair for future in futures for pair in future.result()]
+        return [pair for failed in self._pool.run(tasks) for pair in failed]
 
     def _send_stream(
         self, key: StreamKey, originals: Sequence[LogEvent], items: list[_Item]
