@@ -28,6 +28,8 @@ from cloudlog_ingest.tenants import TenantRegistry
 pytestmark = pytest.mark.integration
 
 RELOAD_SECONDS = 0.2
+METRICS_TOKEN = "corrupt-registry-scrape-token"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}  # /metrics and /readyz's details
 
 
 def ingest_env(moto_url: str, ingest_url: str, state: Path) -> dict[str, str]:
@@ -37,6 +39,7 @@ def ingest_env(moto_url: str, ingest_url: str, state: Path) -> dict[str, str]:
         CLOUDLOG_TENANTS_PATH=str(state / "tenants.json"),
         CLOUDLOG_TENANTS_RELOAD_SECONDS=str(RELOAD_SECONDS),
         CLOUDLOG_INGEST_JOURNAL_PATH=str(state / "ingest.journal"),
+        CLOUDLOG_INGEST_METRICS_TOKEN=METRICS_TOKEN,
     )
 
 
@@ -94,9 +97,9 @@ def test_a_registry_corrupted_while_ingest_runs_keeps_the_last_good_one(
         time.sleep(RELOAD_SECONDS / 2)
     assert set(statuses) == {200}, "served with the last good registry, never a 5xx"
     assert degraded[-1] == ["tenants"]
-    body = httpx.get(f"{url}/readyz", timeout=30).json()
+    body = httpx.get(f"{url}/readyz", headers=SCRAPER, timeout=30).json()
     assert f"tenant registry {path} is corrupt" in body["checks"]["tenants"]["detail"]
-    metrics = httpx.get(f"{url}/metrics", timeout=30).text
+    metrics = httpx.get(f"{url}/metrics", headers=SCRAPER, timeout=30).text
     assert "cloudlog_ingest_tenant_registry_ok 0.0" in metrics
 
     log = process.log_text()

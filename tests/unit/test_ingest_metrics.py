@@ -61,8 +61,9 @@ def test_refused_requests_are_counted_by_route_and_status() -> None:
         anonymous = client.client
         assert anonymous.post("/v1/logs", json={"events": [batch_event(0)]}).status_code == 401
         assert anonymous.post("/logs", json={}).status_code == 401
-        escape = {**batch_event(0), "log_group": "../other"}
-        assert client.post("/v1/logs", json={"events": [escape]}).status_code == 403
+        # /v1/logs answers a refused name per event (200); the simple contract refuses it whole
+        escape = {"log_group": "../other", "log_stream": "s", "log_message": "m", "level": "info"}
+        assert client.post("/logs", json=escape).status_code == 403
         assert client.post("/v1/logs", json={"events": []}).status_code == 422
         huge = {"events": [batch_event(0, "x" * 4096)]}
         assert client.post("/v1/logs", json=huge).status_code == 413
@@ -70,13 +71,15 @@ def test_refused_requests_are_counted_by_route_and_status() -> None:
         assert anonymous.get("/nowhere").status_code == 404
         counted = {
             (labels[0][1], labels[1][1]): count
-            for (name, labels), count in samples(anonymous.get("/metrics").text).items()
+            for (name, labels), count in samples(
+                anonymous.get("/metrics", headers=client.scraper).text
+            ).items()
             if name == "cloudlog_ingest_requests_refused_total"
         }
     assert counted == {
         ("/v1/logs", "401"): 1,
         ("/logs", "401"): 1,
-        ("/v1/logs", "403"): 1,
+        ("/logs", "403"): 1,
         ("/v1/logs", "422"): 1,
         ("/v1/logs", "413"): 1,
     }, "only the log endpoints' refusals, each once"
@@ -114,7 +117,7 @@ def test_the_writer_reports_to_the_apps_metrics_and_metrics_leak_no_key() -> Non
         observer.put_log_events(events=3, seconds=0.02, outcome="ok")
         observer.put_log_events(events=3, seconds=0.5, outcome="retriable")
         observer.retry(RetryCause.THROTTLED)
-        response = client.client.get("/metrics")
+        response = client.client.get("/metrics", headers=client.scraper)
         api_key = client.headers["Authorization"].removeprefix("Bearer ")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")

@@ -106,7 +106,7 @@ def test_pending_is_ready_below_the_fraction_of_the_bound() -> None:
 
 def test_readyz_is_200_when_cloudwatch_answers_and_the_writer_keeps_up() -> None:
     with running(FakeWriter(), cloudwatch_probe=lambda: None) as client:
-        response = client.client.get("/readyz")
+        response = client.client.get("/readyz", headers=client.scraper)
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ready" and body["failed"] == []
@@ -119,7 +119,7 @@ def test_readyz_is_503_naming_cloudwatch_when_it_does_not_answer() -> None:
         raise EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
 
     with running(FakeWriter(), cloudwatch_probe=unreachable) as client:
-        response = client.client.get("/readyz")
+        response = client.client.get("/readyz", headers=client.scraper)
         assert client.client.get("/healthz").status_code == 200, "alive all the same"
     assert response.status_code == 503
     body = response.json()
@@ -146,10 +146,10 @@ def test_readyz_is_503_naming_pending_when_the_writer_is_saturated() -> None:
         deadline = time.monotonic() + 10
         while pipeline.pending_events < 5 and time.monotonic() < deadline:
             time.sleep(0.01)
-        saturated = client.client.get("/readyz")
+        saturated = client.client.get("/readyz", headers=client.scraper)
         writer.release.set()
         backlog.join(10)
-        recovered = client.client.get("/readyz")
+        recovered = client.client.get("/readyz", headers=client.scraper)
     assert saturated.status_code == 503
     assert saturated.json()["failed"] == ["pending"]
     assert recovered.status_code == 200
@@ -163,7 +163,7 @@ def test_readyz_is_not_in_the_api_schema() -> None:
 
 
 def registry_ok_gauge(client: Any) -> str:
-    lines = client.client.get("/metrics").text.splitlines()
+    lines = client.client.get("/metrics", headers=client.scraper).text.splitlines()
     return next(line for line in lines if line.startswith("cloudlog_ingest_tenant_registry_ok "))
 
 
@@ -175,11 +175,11 @@ def test_a_corrupt_registry_file_is_degraded_not_unready_and_requests_keep_worki
         good = path.read_text()
         assert registry_ok_gauge(client).endswith(" 1.0")
         path.write_text(good[: len(good) // 2])  # truncated
-        ready = client.client.get("/readyz")
+        ready = client.client.get("/readyz", headers=client.scraper)
         accepted = client.post("/v1/logs", json={"events": [batch_event(1)]})
         gauge_while_corrupt = registry_ok_gauge(client)
         path.write_text(good)
-        recovered = client.client.get("/readyz")
+        recovered = client.client.get("/readyz", headers=client.scraper)
     assert ready.status_code == 200, ready.text
     body = ready.json()
     assert body["status"] == "ready" and body["failed"] == [] and body["degraded"] == ["tenants"]

@@ -5,6 +5,7 @@ Used by ``cloudlog dev``, the integration tests and the benchmarks, so they all 
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from cloudlog_devtools.processes import (
@@ -59,12 +60,17 @@ class LocalPipeline:
         self.worker_metrics_port = worker_metrics_port or free_port()
         self.worker_metrics_url = f"http://{LOOPBACK}:{self.worker_metrics_port}/metrics"
         self.tenant, self.api_key = self._provision_tenant(log_dir / "tenants.json")
+        # Ingest serves /metrics (and /readyz's details) only to this token (the scraper's).
+        self.ingest_metrics_token = secrets.token_urlsafe(24)
+        self.ingest_metrics_url = f"{self.ingest_url}/metrics"
+        self.ingest_metrics_headers = {"Authorization": f"Bearer {self.ingest_metrics_token}"}
         extra = {
             "CLOUDLOG_INGEST_JOURNAL_PATH": str(log_dir / "ingest.journal"),
             "CLOUDLOG_TENANTS_PATH": str(log_dir / "tenants.json"),
             "CLOUDLOG_API_KEY": self.api_key,
             "CLOUDLOG_WORKER_METRICS_HOST": LOOPBACK,
             "CLOUDLOG_WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            "CLOUDLOG_INGEST_METRICS_TOKEN": self.ingest_metrics_token,
         }
         extra.update(extra_env or {})
         self.env = pipeline_env(self.emulator_url, self.ingest_url, **extra)

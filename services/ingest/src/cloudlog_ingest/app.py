@@ -1,7 +1,8 @@
 """The FastAPI application. Clients (boto3, the writer) are created in ``lifespan``.
 
-Each app has its own metrics registry (metrics.py), served at ``/metrics``; ``/readyz`` checks
-CloudWatch Logs and the writer's backlog (readiness.py).
+Each app has its own metrics registry (metrics.py), served at ``/metrics`` to the scraper's token
+only; ``/readyz`` checks CloudWatch Logs and the writer's backlog (readiness.py). What answers
+without a key is listed in README, Threat model (tests/security/test_public_endpoints.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cloudlog_ingest.bodylimit import BodySizeLimit
 from cloudlog_ingest.deps import authenticate_scope
 from cloudlog_ingest.journal import DeliveryJournal, ReadBack
 from cloudlog_ingest.metrics import CountRefusals, IngestMetrics
-from cloudlog_ingest.pipeline import WriteFunction, WritePipeline
+from cloudlog_ingest.pipeline import WriteFunction, WritePipeline, pipeline_options
 from cloudlog_ingest.quotas import Quotas
 from cloudlog_ingest.readback import event_ids_in_stream
 from cloudlog_ingest.readiness import (
@@ -146,12 +147,7 @@ def create_app(
         recovery = await asyncio.to_thread(journal.open, writer.read_back)
         logger.info("journal: %s", recovery)
         pipeline = WritePipeline(
-            writer.write,
-            max_pending_events=settings.max_pending_events,
-            max_pending_events_per_tenant=settings.max_pending_events_per_tenant,
-            max_commit_events=settings.max_commit_events,
-            journal=journal,
-            metrics=metrics,
+            writer.write, journal=journal, metrics=metrics, **pipeline_options(settings)
         )
         pipeline.start()
         app.state.pipeline = pipeline
@@ -167,7 +163,17 @@ def create_app(
             writer.close()
             journal.close()
 
-    app = FastAPI(title="cloudlog ingest", version="0.1.0", lifespan=lifespan)
+    # /docs, /redoc, /openapi.json: public, the static description of the public API (README
+    # documents the same); no tenant data. CLOUDLOG_INGEST_DOCS=false serves none of them (404).
+    docs = settings.docs
+    app = FastAPI(
+        title="cloudlog ingest",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
     app.state.settings = settings
     app.state.metrics = metrics
     track_tenant_registry(metrics.registry, lambda: getattr(app.state, "tenants", None))

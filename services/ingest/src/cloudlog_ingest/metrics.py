@@ -6,14 +6,19 @@ authenticated tenant from the registry (``""`` for work submitted without one, n
 caller typed), ``reason`` a ``RejectReason``, ``status`` a status code this service answered,
 ``route`` one of the log endpoints, ``outcome`` and ``cause`` come from small enums.
 
-``/metrics`` needs no API key, as is usual for a scrape endpoint; it names tenants but holds no
-keys or messages. Do not expose it publicly: keep it to the scraper's network.
+``/metrics`` names tenants (never keys or messages), so it is served only to the scraper: with
+``CLOUDLOG_INGEST_METRICS_TOKEN`` set, to a request carrying ``Authorization: Bearer <token>``
+(anything else: 401); without it, to nobody (404), as if there were no such endpoint. Tenant
+API keys do not open it: a tenant must not see the others' names and counts
+(``scrape_access``).
 """
 
 from __future__ import annotations
 
+import hmac
 from collections import Counter as Tally
 from collections.abc import Callable, Sequence
+from enum import Enum
 from typing import Final
 
 from prometheus_client import (
@@ -27,6 +32,7 @@ from prometheus_client import (
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
+from pydantic import SecretStr
 
 from cloudlog_ingest.bodylimit import ASGIApp, Message, Receive, Scope, Send
 from cloudlog_writer.models import EventResult, Outcome
@@ -41,6 +47,23 @@ COMMIT_SECONDS_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 PUT_EVENTS_BUCKETS: Final = (1, 10, 50, 100, 500, 1_000, 5_000, 10_000)
 # One call; the read timeout is 30 s by default.
 PUT_SECONDS_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class ScrapeAccess(Enum):
+    GRANTED = 200
+    UNAUTHORIZED = 401  # a token is configured and the request does not carry it
+    OFF = 404  # no token configured: /metrics is not served on this port
+
+
+def scrape_access(authorization: str | None, token: SecretStr | None) -> ScrapeAccess:
+    """May this request read the metrics? ``authorization`` is the header as sent."""
+    if token is None:
+        return ScrapeAccess.OFF
+    scheme, _, presented = (authorization or "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected):
+        return ScrapeAccess.GRANTED
+    return ScrapeAccess.UNAUTHORIZED
 
 
 class IngestMetrics:
