@@ -18,7 +18,7 @@ import pytest
 
 from cloudlog_devtools.localpipeline import LocalPipeline
 from cloudlog_ingest.tenants import TenantRegistry
-from tests.conftest import read_stream, wait_for
+from tests.conftest import log_event, read_stream, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -56,17 +56,6 @@ def post_batch(
     )
 
 
-def event(group: str, stream: str = "s", message: str = "m", **extra: Any) -> dict[str, Any]:
-    return {
-        "event_id": uuid.uuid4().hex,
-        "timestamp": int(time.time() * 1000),
-        "log_group": group,
-        "log_stream": stream,
-        "message": message,
-        **extra,
-    }
-
-
 def all_groups(logs_client: Any) -> list[str]:
     pages = logs_client.get_paginator("describe_log_groups").paginate()
     return [group["logGroupName"] for page in pages for group in page["logGroups"]]
@@ -78,7 +67,8 @@ def tricks(beta_prefix: str) -> list[str]:
         f"../{beta}/app",
         "..",
         f"app/../../{beta}/app",
-        f"/{beta}/app",
+        f"//{beta}/app",
+        f"/../{beta}/app",
         f"app//{beta}",
         "app/",
         f"./{beta}",
@@ -97,18 +87,24 @@ def test_a_tenant_cannot_write_to_or_create_another_tenants_groups(
     pipeline: LocalPipeline, logs_client: Any, tenants: Tenants
 ) -> None:
     beta_group = tenants.beta_prefix + "app"
-    assert post_batch(pipeline, tenants.beta_key, [event("app")]).json()["written"] == 1
+    assert post_batch(pipeline, tenants.beta_key, [log_event("app")]).json()["written"] == 1
     before = set(all_groups(logs_client))
 
+    # A refused name rejects its event alone (200, per event), never with a word about beta.
     for trick in tricks(tenants.beta_prefix):
-        response = post_batch(pipeline, tenants.alpha_key, [event(trick)])
-        assert response.status_code == 403, (trick, response.text)
-        assert response.json()["detail"].startswith("events.0.log_group: ")
+        response = post_batch(pipeline, tenants.alpha_key, [log_event(trick), log_event("mine")])
+        assert response.status_code == 200, (trick, response.text)
+        refused, mine = response.json()["results"]
+        assert (refused["status"], refused["reason"]) == ("rejected", "forbidden_name"), trick
+        assert refused["detail"].startswith("events.0.log_group: ")
+        assert mine["status"] == "written"
         assert tenants.beta_prefix.rstrip("/") not in response.text  # learns nothing of beta
     for stream in ("a:b", "a*b", "_rejected", "x\ny", ""):
-        response = post_batch(pipeline, tenants.alpha_key, [event("app", stream=stream)])
-        assert response.status_code == 403, (stream, response.text)
-        assert response.json()["detail"].startswith("events.0.log_stream: ")
+        response = post_batch(pipeline, tenants.alpha_key, [log_event("app", stream=stream)])
+        assert response.status_code == 200, (stream, response.text)
+        (refused,) = response.json()["results"]
+        assert (refused["status"], refused["reason"]) == ("rejected", "forbidden_name"), stream
+        assert refused["detail"].startswith("events.0.log_stream: ")
     seed = httpx.post(
         f"{pipeline.ingest_url}/logs",
         json={"log_group": f"../{tenants.beta_prefix}app", "log_stream": "s", "log_message": "x"},
@@ -117,16 +113,28 @@ def test_a_tenant_cannot_write_to_or_create_another_tenants_groups(
     assert seed.status_code == 403
 
     # What does get through is alpha's own: a name that spells beta's prefix lands under alpha's.
-    spelled = post_batch(pipeline, tenants.alpha_key, [event(tenants.beta_prefix + "app")])
+    spelled = post_batch(pipeline, tenants.alpha_key, [log_event(tenants.beta_prefix + "app")])
     assert spelled.json()["written"] == 1
-    cased = post_batch(pipeline, tenants.alpha_key, [event(tenants.beta_prefix.upper() + "app")])
+    cased = post_batch(
+        pipeline, tenants.alpha_key, [log_event(tenants.beta_prefix.upper() + "app")]
+    )
     assert cased.json()["written"] == 1
+    # A leading "/" is AWS's convention, not a way out: the same name under alpha's prefix.
+    slashed = post_batch(
+        pipeline, tenants.alpha_key, [log_event("/" + tenants.beta_prefix + "app")]
+    )
+    assert slashed.json()["written"] == 1
 
     created = set(all_groups(logs_client)) - before
     assert created == {
+        tenants.alpha_prefix + "mine",
+        tenants.alpha_prefix + "_cloudlog",  # where alpha reads what was refused, and why
         tenants.alpha_prefix + tenants.beta_prefix + "app",
         tenants.alpha_prefix + tenants.beta_prefix.upper() + "app",
     }
+    assert (
+        len(read_stream(logs_client, tenants.alpha_prefix + tenants.beta_prefix + "app", "s")) == 2
+    )
     assert len(read_stream(logs_client, beta_group, "s")) == 1, "beta's stream holds beta's only"
 
 
@@ -134,8 +142,8 @@ def test_the_same_event_id_from_two_tenants_is_two_events(
     pipeline: LocalPipeline, logs_client: Any, tenants: Tenants
 ) -> None:
     shared = {"event_id": f"shared-{uuid.uuid4().hex[:8]}"}
-    beta = post_batch(pipeline, tenants.beta_key, [event("ids", **shared)]).json()
-    alpha = post_batch(pipeline, tenants.alpha_key, [event("ids", **shared)]).json()
+    beta = post_batch(pipeline, tenants.beta_key, [log_event("ids", **shared)]).json()
+    alpha = post_batch(pipeline, tenants.alpha_key, [log_event("ids", **shared)]).json()
     assert beta["results"][0]["detail"] is None and alpha["results"][0]["detail"] is None
     assert len(read_stream(logs_client, tenants.beta_prefix + "ids", "s")) == 1
     assert len(read_stream(logs_client, tenants.alpha_prefix + "ids", "s")) == 1
@@ -144,7 +152,7 @@ def test_the_same_event_id_from_two_tenants_is_two_events(
 def test_groups_a_tenant_creates_get_its_retention_and_tags(
     pipeline: LocalPipeline, logs_client: Any, tenants: Tenants
 ) -> None:
-    assert post_batch(pipeline, tenants.beta_key, [event("kept")]).json()["written"] == 1
+    assert post_batch(pipeline, tenants.beta_key, [log_event("kept")]).json()["written"] == 1
     group = tenants.beta_prefix + "kept"
     described = logs_client.describe_log_groups(logGroupNamePrefix=group)["logGroups"]
     assert described[0]["retentionInDays"] == 30
@@ -155,9 +163,9 @@ def test_groups_a_tenant_creates_get_its_retention_and_tags(
 def test_rejected_events_are_reported_to_the_tenants_own_rejected_stream(
     pipeline: LocalPipeline, logs_client: Any, tenants: Tenants
 ) -> None:
-    stale = event("audit", message="from last month")
+    stale = log_event("audit", message="from last month")
     stale["timestamp"] -= 30 * 24 * 3600 * 1000
-    body = post_batch(pipeline, tenants.alpha_key, [stale, event("audit")]).json()
+    body = post_batch(pipeline, tenants.alpha_key, [stale, log_event("audit")]).json()
     assert [r["status"] for r in body["results"]] == ["rejected", "written"]
     reports = wait_for(
         lambda: read_stream(logs_client, tenants.alpha_prefix + "audit", "_rejected"),
@@ -176,29 +184,33 @@ def test_a_revoked_key_is_refused_within_the_reload_interval(
     registry = TenantRegistry.load(pipeline.log_dir / "tenants.json")
     doomed, key = registry.create(f"gone-{uuid.uuid4().hex[:6]}")
     time.sleep(1.2)
-    assert post_batch(pipeline, key, [event("x")]).status_code == 200
+    assert post_batch(pipeline, key, [log_event("x")]).status_code == 200
     registry.revoke(doomed.name)
     time.sleep(1.2)
-    assert post_batch(pipeline, key, [event("x")]).status_code == 401
+    assert post_batch(pipeline, key, [log_event("x")]).status_code == 401
 
 
 def test_over_the_rate_is_a_429_with_retry_after(pipeline: LocalPipeline) -> None:
     registry = TenantRegistry.load(pipeline.log_dir / "tenants.json")
     _, key = registry.create(f"slow-{uuid.uuid4().hex[:6]}", rate=5, burst=10)
     time.sleep(1.2)
-    first = post_batch(pipeline, key, [event("q") for _ in range(30)])  # admitted, into debt
-    second = post_batch(pipeline, key, [event("q")])
+    first = post_batch(pipeline, key, [log_event("q") for _ in range(30)])  # admitted, into debt
+    second = post_batch(pipeline, key, [log_event("q")])
     assert first.status_code == 200
     assert second.status_code == 429
     assert 1 <= int(second.headers["Retry-After"]) <= 5
 
 
 def test_body_and_field_limits(pipeline: LocalPipeline, tenants: Tenants) -> None:
-    huge = post_batch(pipeline, tenants.alpha_key, [event("l", message="x" * (17 * 1024 * 1024))])
+    huge = post_batch(
+        pipeline, tenants.alpha_key, [log_event("l", message="x" * (17 * 1024 * 1024))]
+    )
     assert huge.status_code == 413
-    fields = post_batch(pipeline, tenants.alpha_key, [event("l", fields={"blob": "y" * 70_000})])
+    fields = post_batch(
+        pipeline, tenants.alpha_key, [log_event("l", fields={"blob": "y" * 70_000})]
+    )
     assert fields.status_code == 422
     assert fields.json()["errors"][0].startswith("events.0.fields: ")
     assert "65536 bytes" in fields.json()["errors"][0]
-    logger = post_batch(pipeline, tenants.alpha_key, [event("l", logger="z" * 300)])
+    logger = post_batch(pipeline, tenants.alpha_key, [log_event("l", logger="z" * 300)])
     assert logger.json()["errors"] == ["events.0.logger: String should have at most 256 characters"]

@@ -201,3 +201,125 @@ def test_handler_from_logging_config_uses_the_current_app() -> None:
 )
 def test_numeric_levels_map_onto_the_five_api_levels(levelno: int, name: str) -> None:
     assert level_name(levelno) == name
+
+
+# --- names ingest would refuse for any tenant: refused at init_app (issue 14, item 1) ---------
+
+REFUSED_GROUPS = [
+    ("", None),  # "" means the default group: taken
+    ("bad group!", "may contain only ASCII letters, digits and . - _ / #"),
+    ("caf\u00e9", "may contain only ASCII letters, digits and . - _ / #"),
+    ("\uff0e\uff0e/x", "may contain only ASCII letters, digits and . - _ / #"),
+    ("aws/x", "may not start with 'aws/'"),
+    ("AWS/x", "may not start with 'aws/'"),
+    ("/aws/lambda/shop", "may not start with 'aws/'"),
+    ("/", "must not be empty"),
+    ("shop//web", "contain '//'"),
+    ("//shop", "may not start with '//'"),
+    ("shop/", "end with '/'"),
+    ("../other", "may not contain '..' or '.' segments"),
+    ("shop/../other", "may not contain '..' or '.' segments"),
+    ("shop/./web", "may not contain '..' or '.' segments"),
+    ("shop..web", "may not contain '..' or '.' segments"),
+    ("x" * 513, "may be at most 512 characters"),
+]
+
+
+@pytest.mark.parametrize(("group", "rule"), [g for g in REFUSED_GROUPS if g[1] is not None])
+def test_a_group_ingest_would_refuse_fails_init_app_naming_the_key_and_the_rule(
+    group: str, rule: str
+) -> None:
+    app = Flask(unique_name())
+    app.config["CLOUDLOG_LOG_GROUP"] = group
+    with pytest.raises(CloudLogConfigError) as raised:
+        CloudLog(app)
+    assert str(raised.value).startswith("invalid cloudlog configuration: CLOUDLOG_LOG_GROUP: ")
+    assert rule in str(raised.value)
+    assert "cloudlog" not in app.extensions
+
+
+REFUSED_STREAMS = [
+    ("a:b", "may not contain ':'"),
+    ("a*b", "may not contain '*'"),
+    ("s" * 513, "must be 1-512 characters"),
+    ("web\n1", "may not contain control characters"),
+    ("web\u202e1", "format (bidirectional, zero-width)"),
+    ("web\u200b1", "format (bidirectional, zero-width)"),
+    ("web\u20281", "line separator"),
+    ("_rejected", "'_rejected' is reserved"),
+    ("_REJECTED ", "'_rejected' is reserved"),
+    ("_r\u0435jected", "'_rejected' is reserved"),  # Cyrillic ie
+]
+
+
+@pytest.mark.parametrize(("stream", "rule"), REFUSED_STREAMS)
+def test_a_stream_ingest_would_refuse_fails_init_app_naming_the_key_and_the_rule(
+    stream: str, rule: str
+) -> None:
+    app = Flask(unique_name())
+    app.config["CLOUDLOG_LOG_STREAM"] = stream
+    with pytest.raises(CloudLogConfigError) as raised:
+        CloudLog(app)
+    assert str(raised.value).startswith("invalid cloudlog configuration: CLOUDLOG_LOG_STREAM: ")
+    assert rule in str(raised.value)
+
+
+def test_names_from_options_and_the_environment_are_judged_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(CloudLogConfigError, match=r"CLOUDLOG_LOG_GROUP: .* 'aws/'"):
+        CloudLog(Flask(unique_name()), log_group="aws/x")
+    monkeypatch.setenv("CLOUDLOG_LOG_STREAM", "a:b")
+    with pytest.raises(CloudLogConfigError, match=r"CLOUDLOG_LOG_STREAM: .* ':'"):
+        CloudLog(Flask(unique_name()))
+
+
+@pytest.mark.parametrize(
+    "group", ["/ecs/shop", "ecs/shop", "/shop", "shop.web/a-b_c#1", "", "x" * 512]
+)
+def test_good_groups_are_taken_as_given_a_leading_slash_included(group: str) -> None:
+    app = Flask(unique_name())
+    app.config.update(CLOUDLOG_LOG_GROUP=group, TESTING=True)
+    CloudLog(app)
+    state = app.extensions["cloudlog"]
+    with app.app_context():
+        state.log("info", "hello")
+    (event,) = state.captured
+    assert event["log_group"] == (group or f"cloudlog/{app.name}"), "ingest maps it, not the app"
+
+
+def test_the_default_group_is_always_one_ingest_takes() -> None:
+    for name in ("shop..web", "a/../b", "..", "/x/", "café"):
+        app = Flask(unique_name())
+        app.name = name  # Flask takes it from import_name by default
+        CloudLog(app)
+        assert app.config["CLOUDLOG_LOG_GROUP"].startswith("cloudlog/")
+
+
+@pytest.mark.parametrize(("group", "rule"), [g for g in REFUSED_GROUPS if g[0] and g[1]])
+def test_state_log_refuses_a_group_ingest_would_refuse(group: str, rule: str) -> None:
+    state, publisher = make_state()
+    with pytest.raises(ValueError) as raised:
+        state.log("info", "x", log_group=group)
+    assert str(raised.value).startswith("log_group: log group ") and rule in str(raised.value)
+    state.close()
+    assert publisher.events == []
+
+
+@pytest.mark.parametrize(("stream", "rule"), REFUSED_STREAMS)
+def test_state_log_refuses_a_stream_ingest_would_refuse(stream: str, rule: str) -> None:
+    state, publisher = make_state()
+    with pytest.raises(ValueError) as raised:
+        state.log("info", "x", log_stream=stream)
+    assert str(raised.value).startswith("log_stream: log stream ") and rule in str(raised.value)
+    state.close()
+    assert publisher.events == []
+
+
+def test_state_log_takes_a_leading_slash_as_given() -> None:
+    state, publisher = make_state()
+    state.log("info", "x", log_group="/ecs/shop")
+    assert state.flush(5)
+    state.close()
+    (event,) = publisher.events
+    assert event["log_group"] == "/ecs/shop"

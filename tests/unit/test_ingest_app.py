@@ -44,6 +44,9 @@ class FakeWriter:
 TENANT_PREFIX = "acme/"
 
 
+METRICS_TOKEN = "unit-test-metrics-token"
+
+
 class AuthedClient:
     """A TestClient that sends the tenant's key on every call."""
 
@@ -51,6 +54,7 @@ class AuthedClient:
         self.client = client
         self.app = client.app
         self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.scraper = {"Authorization": f"Bearer {METRICS_TOKEN}"}  # /metrics, /readyz details
 
     def post(self, url: str, **kwargs: Any) -> Any:
         return self.client.post(
@@ -77,7 +81,7 @@ def running(
             return WriterHandle(write=writer.write, close=lambda: None, read_back=lambda *_: set())
 
         app = create_app(
-            IngestSettings(**{"journal_path": None, **settings}),
+            IngestSettings(**{"journal_path": None, "metrics_token": METRICS_TOKEN, **settings}),
             writer_factory=factory,
             tenant_settings=TenantSettings(tenants_path=tenants_path),
             cloudwatch_probe=cloudwatch_probe,
@@ -245,3 +249,162 @@ def test_the_configured_journal_file_is_the_one_written(tmp_path: Path) -> None:
     records = [json.loads(line) for line in journal_path.read_text().splitlines()]
     assert {record["t"] for record in records} >= {"done"}
     assert any(record.get("keys") for record in records)
+
+
+# --- names refused by confinement are answered per event (issue 14, item 1) -----------------
+
+
+def test_a_refused_name_rejects_its_event_only_and_the_rest_of_the_batch_is_written() -> None:
+    writer = FakeWriter()
+    events = [
+        batch_event(0),
+        batch_event(1) | {"log_group": "../other"},
+        batch_event(2),
+        batch_event(3) | {"log_group": "AWS/x"},
+        batch_event(4) | {"log_stream": "_rejected"},
+        batch_event(5, "reject me"),
+    ]
+    with running(writer) as client:
+        response = client.post("/v1/logs", json={"events": events})
+    assert response.status_code == 200
+    body = response.json()
+    assert [r["status"] for r in body["results"]] == [
+        "written", "rejected", "written", "rejected", "rejected", "rejected",
+    ]  # fmt: skip
+    assert (body["written"], body["rejected"]) == (2, 4)
+    assert [r["reason"] for r in body["results"]] == [
+        None, "forbidden_name", None, "forbidden_name", "forbidden_name", "invalid",
+    ]  # fmt: skip
+    assert (
+        body["results"][1]["detail"] == "events.1.log_group: may not contain '..' or '.' segments"
+    )
+    assert (
+        body["results"][3]["detail"] == "events.3.log_group: may not start with 'aws/' (any case)"
+    )
+    assert body["results"][4]["detail"].startswith("events.4.log_stream: '_rejected' is reserved")
+    written = [e for commit in writer.commits for e in commit]
+    assert {(e.event_id, e.log_group, e.log_stream) for e in written} >= {
+        ("e0", "acme/g", "s"),
+        ("e2", "acme/g", "s"),
+        ("e5", "acme/g", "s"),
+    }
+    assert not [e for e in written if e.event_id in ("e1", "e3", "e4")], "never under its name"
+    reports = {e.event_id: e for e in written if e.log_group == "acme/_cloudlog"}
+    assert sorted(reports) == ["e1.rejected", "e3.rejected", "e4.rejected"]
+    assert {e.log_stream for e in reports.values()} == {"_rejected"}
+    report = json.loads(reports["e1.rejected"].message)
+    assert report == {
+        "event_id": "e1",
+        "reason": "forbidden_name",
+        "detail": "events.1.log_group: may not contain '..' or '.' segments",
+        "log_group": "../other",
+        "log_stream": "s",
+        "timestamp": 1_700_000_000_001,
+        "message": "m",
+        "message_truncated": False,
+    }
+
+
+def test_a_batch_of_refused_names_only_is_answered_all_rejected_and_reported() -> None:
+    writer = FakeWriter()
+    events = [batch_event(0) | {"log_group": "a//b"}, batch_event(1) | {"log_stream": "a:b"}]
+    with running(writer) as client:
+        response = client.post("/v1/logs", json={"events": events})
+    assert response.status_code == 200
+    assert response.json() == {
+        "written": 0,
+        "rejected": 2,
+        "results": [
+            {
+                "event_id": "e0",
+                "status": "rejected",
+                "reason": "forbidden_name",
+                "detail": (
+                    "events.0.log_group: may not start with '//', end with '/' or contain '//'"
+                ),
+            },
+            {
+                "event_id": "e1",
+                "status": "rejected",
+                "reason": "forbidden_name",
+                "detail": "events.1.log_stream: may not contain ':'",
+            },
+        ],
+    }
+    written = [e for commit in writer.commits for e in commit]
+    assert [(e.event_id, e.log_group, e.log_stream) for e in written] == [
+        ("e0.rejected", "acme/_cloudlog", "_rejected"),
+        ("e1.rejected", "acme/_cloudlog", "_rejected"),
+    ]
+
+
+def test_a_redelivered_mixed_batch_reports_its_refused_event_once() -> None:
+    writer = FakeWriter()
+    events = [batch_event(0), batch_event(1) | {"log_group": "aws/x"}]
+    with running(writer) as client:
+        first = client.post("/v1/logs", json={"events": events}).json()
+        again = client.post("/v1/logs", json={"events": events}).json()
+    assert (first["written"], first["rejected"]) == (again["written"], again["rejected"]) == (1, 1)
+    assert [r["status"] for r in again["results"]] == ["written", "rejected"]
+    assert again["results"][1]["reason"] == "forbidden_name"
+    written = [e.event_id for commit in writer.commits for e in commit]
+    assert sorted(written) == ["e0", "e1.rejected"], "each written once, the report too"
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("/ecs/shop", "acme/ecs/shop"),
+        ("ecs/shop", "acme/ecs/shop"),
+        ("/app", "acme/app"),
+        ("/a.b-c_d#e/f", "acme/a.b-c_d#e/f"),
+    ],
+)
+def test_a_leading_slash_means_the_same_name_under_the_prefix(given: str, stored: str) -> None:
+    writer = FakeWriter()
+    with running(writer) as client:
+        batch = client.post("/v1/logs", json={"events": [batch_event(0) | {"log_group": given}]})
+        seed = client.post(
+            "/logs", json={"log_group": given, "log_stream": "s", "log_message": "x"}
+        )
+    assert batch.json()["written"] == 1
+    assert seed.status_code == 200
+    assert {e.log_group for commit in writer.commits for e in commit} == {stored}
+
+
+@pytest.mark.parametrize(
+    ("given", "rule"),
+    [
+        ("/", "must not be empty"),
+        ("//ecs", "may not start with '//'"),
+        ("/ecs/", "end with '/'"),
+        ("/aws/lambda/x", "may not start with 'aws/'"),
+        ("/AWS/x", "may not start with 'aws/'"),
+        ("/../x", "'..'"),
+        ("/./x", "'..' or '.' segments"),
+    ],
+)
+def test_a_leading_slash_does_not_open_a_way_around_the_rules(given: str, rule: str) -> None:
+    writer = FakeWriter()
+    with running(writer) as client:
+        batch = client.post("/v1/logs", json={"events": [batch_event(0) | {"log_group": given}]})
+        seed = client.post(
+            "/logs", json={"log_group": given, "log_stream": "s", "log_message": "x"}
+        )
+    (result,) = batch.json()["results"]
+    assert (result["status"], result["reason"]) == ("rejected", "forbidden_name")
+    assert result["detail"].startswith("events.0.log_group: ") and rule in result["detail"]
+    assert seed.status_code == 403, "the seed contract keeps its 403"
+    assert seed.json()["detail"].startswith("log_group: ") and rule in seed.json()["detail"]
+    assert {e.log_group for commit in writer.commits for e in commit} == {"acme/_cloudlog"}
+
+
+def test_the_seed_contract_still_answers_a_refused_name_with_a_403_naming_the_field() -> None:
+    writer = FakeWriter()
+    with running(writer) as client:
+        response = client.post(
+            "/logs", json={"log_group": "../x", "log_stream": "s", "log_message": "x"}
+        )
+    assert response.status_code == 403
+    assert response.json()["detail"] == "log_group: may not contain '..' or '.' segments"
+    assert writer.commits == []

@@ -291,14 +291,19 @@ def test_the_first_refused_event_is_named(names: list[tuple[str, str]], refused:
     assert raised.value.field == refused
 
 
-def test_a_refused_name_in_a_batch_is_a_403_naming_the_event() -> None:
+def test_a_refused_name_in_a_batch_is_answered_for_that_event_alone() -> None:
     writer = FakeWriter()
     with running(writer) as client:
         events = [batch_event(0), batch_event(1), batch_event(2) | {"log_stream": "a*b"}]
         response = client.post("/v1/logs", json={"events": events})
-    assert response.status_code == 403
-    assert response.json()["detail"] == "events.2.log_stream: may not contain '*'"
-    assert writer.commits == []
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["written", "written", "rejected"]
+    assert results[2]["reason"] == "forbidden_name"
+    assert results[2]["detail"] == "events.2.log_stream: may not contain '*'"
+    written = [(e.event_id, e.log_group, e.log_stream) for c in writer.commits for e in c]
+    assert [w[0] for w in written[:2]] == ["e0", "e1"]
+    assert written[2][0] == "e2.rejected" and written[2][1:] == ("acme/_cloudlog", "_rejected")
 
 
 # --- the body: parsed from the raw bytes, answered as FastAPI answered a typed body -----------

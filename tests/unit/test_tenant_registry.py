@@ -85,8 +85,8 @@ def acme(tmp_path: Path) -> object:
 @pytest.mark.parametrize(
     "name",
     [
-        "", "..", ".", "../x", "a/../b", "a/./b", "a..b", "/a", "a/", "a//b", "aws/x", "AWS/x",
-        "a b", "\uff0e\uff0e", "\u0430cme", "a\u200bb", "a\x00b", "x" * 508,
+        "", "..", ".", "../x", "a/../b", "a/./b", "a..b", "//a", "/", "a/", "a//b", "aws/x",
+        "AWS/x", "a b", "\uff0e\uff0e", "\u0430cme", "a\u200bb", "a\x00b", "x" * 508,
     ],
 )  # fmt: skip
 def test_confinement_refuses_every_escape_and_look_alike(acme: object, name: str) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, current_app
 from pydantic import ValidationError
 
-from cloudlog_core.names import check_log_group, check_log_stream
+from cloudlog_core.names import relative_group_problem, stream_problem
 from flask_cloudlog.buffer import BufferStats, EventBuffer
 from flask_cloudlog.delivery import ProcessDispatcher, process_dispatcher
 from flask_cloudlog.dispatcher import Dispatcher
@@ -55,8 +55,25 @@ class CloudLogConfigError(ValueError):
 
 
 def _default_log_group(app: Flask) -> str:
-    name = re.sub(r"[^.\-_/#A-Za-z0-9]", "-", app.name).strip("-") or "app"
+    name = re.sub(r"[^.\-_#A-Za-z0-9]", "-", app.name)
+    name = re.sub(r"\.{2,}", ".", name).strip("-.") or "app"
     return f"cloudlog/{name}"
+
+
+def name_problem(log_group: str | None, log_stream: str | None) -> tuple[str, str] | None:
+    """("log_group" or "log_stream", the rule it breaks) for the first name ingest would refuse
+    whatever the tenant's prefix (cloudlog_core.names), or None. Names are shipped as given:
+    ingest maps them under the prefix (a leading "/" means the same name relative to it)."""
+    if log_group is not None and (problem := relative_group_problem(log_group)) is not None:
+        return "log_group", problem
+    if log_stream is not None and (problem := stream_problem(log_stream)) is not None:
+        return "log_stream", problem
+    return None
+
+
+def _describe(refused: tuple[str, str], name: str | None) -> str:
+    """ "log group '/a/../b' may not contain '..' or '.' segments" """
+    return f"{refused[0].replace('_', ' ')} {name!r} {refused[1]}"
 
 
 def _default_log_stream() -> str:
@@ -150,6 +167,9 @@ class CloudLogState:
         level_name = level.lower()
         if level_name not in ("debug", "info", "warning", "error", "critical"):
             raise ValueError(f"unknown level {level!r}")
+        if (refused := name_problem(log_group or None, log_stream or None)) is not None:
+            name = log_group if refused[0] == "log_group" else log_stream
+            raise ValueError(f"{refused[0]}: {_describe(refused, name)}")
         event_fields = request_fields()
         event_fields.update({key: json_safe(value) for key, value in fields.items()})
         self.accept(
@@ -158,8 +178,8 @@ class CloudLogState:
                 level=level_name,
                 timestamp_ms=int(time.time() * 1000),
                 logger=None,
-                log_group=check_log_group(log_group) if log_group else self.log_group,
-                log_stream=check_log_stream(log_stream) if log_stream else self.log_stream,
+                log_group=log_group or self.log_group,
+                log_stream=log_stream or self.log_stream,
                 fields=event_fields,
             )
         )
@@ -294,12 +314,17 @@ class CloudLog:
         }
         try:
             settings = ExtensionSettings(**given)
-            group = settings.log_group or _default_log_group(app)
-            check_log_group(group)
-            if settings.log_stream:
-                check_log_stream(settings.log_stream)
         except (ValidationError, ValueError) as exc:
             raise CloudLogConfigError(f"invalid cloudlog configuration: {exc}") from exc
+        group = settings.log_group or _default_log_group(app)
+        # Names ingest would refuse for any tenant: refused here, not dead-lettered later.
+        refused = name_problem(group, settings.log_stream or None)
+        if refused is not None:
+            key = f"CLOUDLOG_{refused[0].upper()}"
+            value = group if refused[0] == "log_group" else settings.log_stream
+            raise CloudLogConfigError(
+                f"invalid cloudlog configuration: {key}: {_describe(refused, value)}"
+            )
         return settings.model_copy(update={"log_group": group})
 
     @staticmethod

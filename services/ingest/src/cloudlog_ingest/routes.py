@@ -1,20 +1,41 @@
-"""The log endpoints: the seed contract ``POST /logs`` and the batch API ``POST /v1/logs``."""
+"""The log endpoints: the seed contract ``POST /logs`` and the batch API ``POST /v1/logs``.
+
+A name refused by confinement (confinement.py) is a 403 naming the field in ``POST /logs``,
+which answers at once with no per-event result to carry it. In ``POST /v1/logs`` it is that
+event's alone: it is answered ``rejected`` with reason ``forbidden_name`` and a detail naming
+the field and the rule, and reported to the tenant's ``<prefix>_cloudlog`` group, stream
+``_rejected``, while the other events of the batch are written.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, status
 from fastapi.exceptions import RequestValidationError
 
-from cloudlog_ingest.confinement import Refusal, check_stream, confine_all, resolve_group
+from cloudlog_ingest.confinement import (
+    REJECTED_STREAM,
+    Refusal,
+    check_stream,
+    confine_each,
+    refusals_group,
+    resolve_group,
+)
 from cloudlog_ingest.deps import BatchBodyDep, PipelineDep, QuotasDep, SettingsDep, TenantDep
-from cloudlog_ingest.pipeline import Overloaded, ShuttingDown, WritePipeline
+from cloudlog_ingest.pipeline import (
+    REJECTED_QUOTE_CHARS,
+    Overloaded,
+    ShuttingDown,
+    WritePipeline,
+)
 from cloudlog_ingest.quotas import Quotas
 from cloudlog_ingest.rendering import encode_fields, render_event, render_message
 from cloudlog_ingest.schemas import (
@@ -34,6 +55,8 @@ from cloudlog_writer.models import EventResult, LogEvent, Outcome
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
+# The reason of an event of POST /v1/logs refused for its group or stream name.
+FORBIDDEN_NAME = "forbidden_name"
 
 
 def _confine(tenant: Tenant, group: str, stream: str, location: str = "") -> tuple[str, str]:
@@ -64,11 +87,11 @@ def _submit(
     retry_after = {"Retry-After": str(settings.retry_after_seconds)}
     try:
         return pipeline.submit(events, tenant=tenant.name)
-    except Overloaded:
+    except Overloaded as exc:  # the pipeline's bounds, or its new-stream quota (pipeline.py)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
-            detail="too many events are pending; retry later",
-            headers=retry_after,
+            detail=exc.detail,
+            headers={"Retry-After": str(exc.retry_after)} if exc.retry_after else retry_after,
         ) from None
     except ShuttingDown:
         raise HTTPException(
@@ -184,12 +207,29 @@ def _check_batch_message_lengths(settings: IngestSettings, events: list[Incoming
         )
 
 
-def _batch_answer(results: list[EventResult]) -> Response:
+_NONE_FORBIDDEN: Mapping[int, str] = {}
+
+
+def _batch_answer(
+    results: Sequence[EventResult], forbidden: Mapping[int, str] = _NONE_FORBIDDEN
+) -> Response:
     """``BatchResponse`` as pydantic serialises it (the bytes FastAPI sent for the model), put
-    together from strings: no model or dict per event."""
+    together from strings: no model or dict per event. ``forbidden``: position -> detail of the
+    events refused for their names (``results`` holds a placeholder there)."""
     written = 0
     parts: list[str] = []
-    for result in results:
+    for index, result in enumerate(results):
+        if forbidden and index in forbidden:
+            parts.append(
+                '{"event_id":'
+                + encode_basestring(result.event_id)
+                + ',"status":"rejected","reason":"'
+                + FORBIDDEN_NAME
+                + '","detail":'
+                + encode_basestring(forbidden[index])
+                + "}"
+            )
+            continue
         if result.outcome is Outcome.WRITTEN:
             written += 1
         parts.append(
@@ -207,6 +247,30 @@ def _batch_answer(results: list[EventResult]) -> Response:
         f'{{"written":{written},"rejected":{len(results) - written},"results":[{",".join(parts)}]}}'
     )
     return Response(content.encode(), media_type="application/json")
+
+
+def refusal_report(event: IncomingEvent, detail: str, group: str, now_ms: int) -> LogEvent:
+    """The line written to ``<prefix>_cloudlog`` / ``_rejected`` for an event refused for its
+    names: as the pipeline's reports (pipeline.rejection_report), with the names as given."""
+    message = event["message"]
+    quoted = message[:REJECTED_QUOTE_CHARS]
+    document = {
+        "event_id": event["event_id"],
+        "reason": FORBIDDEN_NAME,
+        "detail": detail,
+        "log_group": event["log_group"],
+        "log_stream": event["log_stream"],
+        "timestamp": event["timestamp"],
+        "message": quoted,
+        "message_truncated": len(quoted) < len(message),
+    }
+    return LogEvent(
+        event_id=f"{event['event_id']}.rejected",
+        log_group=group,
+        log_stream=REJECTED_STREAM,
+        timestamp=now_ms,
+        message=json.dumps(document, ensure_ascii=False, separators=(",", ":")),
+    )
 
 
 # Registered before its documented twin below, this route serves every POST /v1/logs: it
@@ -234,19 +298,24 @@ async def post_batch(
             ]
         )
     _check_batch_message_lengths(settings, incoming)
-    try:
-        names = confine_all(
-            tenant,
-            ((event["log_group"], event["log_stream"]) for event in incoming),
-            field_prefix="events.",
-        )
-    except Refusal as refusal:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(refusal)) from None
+    names = confine_each(
+        tenant,
+        ((event["log_group"], event["log_stream"]) for event in incoming),
+        field_prefix="events.",
+    )
+    forbidden: dict[int, str] = {}
+    reports: list[LogEvent] = []
+    if any(isinstance(outcome, Refusal) for outcome in names):
+        report_group, now_ms = refusals_group(tenant), int(time.time() * 1000)
+        for index, (event, outcome) in enumerate(zip(incoming, names, strict=True)):
+            if isinstance(outcome, Refusal):
+                forbidden[index] = str(outcome)
+                reports.append(refusal_report(event, forbidden[index], report_group, now_ms))
     events = [
         LogEvent(
             event["event_id"],
-            group,
-            stream,
+            outcome[0],
+            outcome[1],
             event["timestamp"],
             render_event(
                 event.get("level", Level.INFO).value,
@@ -256,11 +325,32 @@ async def post_batch(
                 fields_json,
             ),
         )
-        for event, (group, stream), fields_json in zip(incoming, names, fields, strict=True)
+        for event, outcome, fields_json in zip(incoming, names, fields, strict=True)
+        if not isinstance(outcome, Refusal)
     ]
     # shield: a client that hangs up must not cancel the write of what it handed over.
-    results = await asyncio.shield(_submit(pipeline, settings, quotas, tenant, events))
-    return _batch_answer(results)
+    results = await asyncio.shield(_submit(pipeline, settings, quotas, tenant, events + reports))
+    if not forbidden:
+        return _batch_answer(results)
+    _log_unreported(reports, results[len(events) :])
+    written = iter(results[: len(events)])
+    answered = [
+        EventResult(event["event_id"], Outcome.REJECTED) if index in forbidden else next(written)
+        for index, event in enumerate(incoming)
+    ]
+    return _batch_answer(answered, forbidden)
+
+
+def _log_unreported(reports: list[LogEvent], results: Sequence[EventResult]) -> None:
+    for report, result in zip(reports, results, strict=True):
+        if not result.written:
+            logger.error(
+                "could not report refused event %s to %s/%s: %s",
+                report.event_id,
+                report.log_group,
+                REJECTED_STREAM,
+                result.detail,
+            )
 
 
 @router.post("/v1/logs", response_model=BatchResponse, name="post_batch")

@@ -54,12 +54,16 @@ def _valid_unicode(value: str) -> str:
 
 
 LevelField = Annotated[Level, BeforeValidator(_lower)]
-# Names are checked after authentication, against the tenant's namespace (confinement.py):
-# a name that is refused is a 403 naming the field, whatever is wrong with it. Only text that
-# is not Unicode at all (a lone surrogate) is a 422 here, like every other text field.
+# Names are checked after authentication, against the tenant's namespace (confinement.py),
+# whatever is wrong with them: a refused name rejects its event alone in POST /v1/logs
+# (reason "forbidden_name") and is a 403 naming the field in POST /logs. Only text that is not
+# Unicode at all (a lone surrogate) is a 422 here, like every other text field.
 LogGroupName = Annotated[
     str,
-    Field(description="Log group, relative to the tenant's prefix."),
+    Field(
+        description="Log group, relative to the tenant's prefix; a leading '/' means the same "
+        "name ('/ecs/shop' is '<prefix>ecs/shop')."
+    ),
     AfterValidator(_valid_unicode),
 ]
 LogStreamName = Annotated[
