@@ -272,13 +272,13 @@ def test_dlq_shows_a_message_moved_by_the_redrive_policy_as_such() -> None:
 @pytest.mark.parametrize(
     ("cause", "mode", "key_kept"),
     [
-        ("http_401", "auto", False),
-        ("retries_exhausted", "auto", True),
-        ("retries_exhausted", "worker", False),
         ("http_401", "keep", True),
+        ("retries_exhausted", "keep", True),
+        ("retries_exhausted", "worker", False),
+        ("http_401", "worker", False),
     ],
 )
-def test_replay_drops_a_refused_key_so_the_workers_own_applies(
+def test_replay_keeps_each_batchs_key_unless_told_to_use_the_workers(
     cause: str, mode: str, key_kept: bool
 ) -> None:
     message = dead_lettered({"api_key": KEY}, {"cause": cause})
@@ -312,3 +312,12 @@ def test_events_are_counted_and_parsed_element_by_element_within_the_bound() -> 
     with pytest.raises(PayloadTooLarge):
         count_events(b"[" + b"0," * 5 + b"0]", limit=5)
     assert count_events(b"[" + b"0," * 4 + b"0]", limit=5) == 5
+
+
+def test_replay_has_no_mode_that_picks_another_tenants_key_by_itself() -> None:
+    # A 401 batch re-sent with the worker's key would be written as the worker's tenant.
+    message = dead_lettered({"api_key": KEY}, {"cause": "http_401"})
+    envelope = for_replay(decode_envelope(message["Body"]))
+    assert task_body(envelope)[1]["api_key"] == KEY
+    with pytest.raises(ValueError):
+        for_replay(decode_envelope(message["Body"]), "auto")

@@ -3,8 +3,7 @@
 Dead-lettered messages are Celery task messages as kombu's SQS transport wrote them: a JSON
 envelope (base64 of it under kombu's default encoding) whose ``body`` is base64 of
 ``[args, kwargs, embed]``; ``args[0]`` is the batch: encoded as ``kwargs["encoding"]`` says
-(clients/flask_ext/payload.py), or, from publishers before that format, the list of events.
-Replay re-sends the envelope as it is, whichever the form.
+(cloudlog_wire/payload.py). Replay re-sends the envelope as it is.
 
 The worker dead-letters a batch itself, with its cause in the ``cloudlog_dead_letter`` header
 (``cause``, ``status``, ``detail``, ``retries``, ``at``, ``key``: see cloudlog_worker/tasks.py);
@@ -12,10 +11,12 @@ a message the queue's redrive policy moved there (a worker killed again and agai
 worker could not send) has no such header: its cause shows as ``redrive``. Reading a batch is
 bounded as in the worker (payload.py: 16 MiB, 10,000 events); nothing printed carries a key.
 
-Which key a replayed batch carries (``--key``): ``auto`` (default) drops the batch's own key
-when ingest refused it with 401 (a revoked or wrong key will never be accepted), so the worker's
-own ``CLOUDLOG_API_KEY`` applies, and keeps it otherwise (an outage, say: the batch stays its
-tenant's); ``worker`` drops every batch's key; ``keep`` keeps every key.
+Which key a replayed batch carries (``--key``): ``keep`` (default) keeps each batch's own key,
+so a batch is only ever written as the tenant whose key sent it (a batch refused with 401 is
+refused again, and comes back here with its cause); ``worker`` drops every batch's key, so the
+worker's own ``CLOUDLOG_API_KEY`` applies: only for batches that belong to the worker's tenant
+(a single-tenant deployment, or an app that sent a wrong key of that tenant), since the lines
+are then written under that tenant's prefix.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from cloudlog_wire.payload import PayloadError, redact, task_events, task_kwargs
 DEAD_LETTER_HEADER = "cloudlog_dead_letter"
 # The cause shown for a message without it: moved by the queue's redrive policy.
 REDRIVE_CAUSE = "redrive"
-KEY_MODES = ("auto", "keep", "worker")
+KEY_MODES = ("keep", "worker")
 
 # SQS: ReceiveMessage returns at most 10 messages (SQS API reference, MaxNumberOfMessages).
 RECEIVE_BATCH = 10
@@ -149,18 +150,16 @@ def describe(message: dict[str, Any]) -> DeadLetter:
     )
 
 
-def for_replay(envelope: dict[str, Any], key_mode: str = "auto") -> dict[str, Any]:
+def for_replay(envelope: dict[str, Any], key_mode: str = "keep") -> dict[str, Any]:
     """The envelope to send back to the queue: a fresh retry budget, no dead-letter header,
     and the batch's own key dropped as ``key_mode`` says (see the module)."""
     if key_mode not in KEY_MODES:
         raise ValueError(f"key mode must be one of {KEY_MODES}")
     headers = envelope.setdefault("headers", {})
-    record = headers.pop(DEAD_LETTER_HEADER, None)
-    cause = record.get("cause") if isinstance(record, dict) else None
+    headers.pop(DEAD_LETTER_HEADER, None)
     headers["retries"] = 0
-    drop = key_mode == "worker" or (key_mode == "auto" and cause == "http_401")
     args, kwargs, embed = task_body(envelope)
-    if drop and "api_key" in kwargs:
+    if key_mode == "worker" and "api_key" in kwargs:
         del kwargs["api_key"]
         set_task_body(envelope, args, kwargs, embed)
     headers["kwargsrepr"] = task_kwargsrepr(kwargs)
@@ -200,7 +199,7 @@ def list_dead_letters(sqs: Any, broker: BrokerSettings, limit: int) -> list[Dead
     return [describe(message) for message in list(seen.values())[:limit]]
 
 
-def replay(sqs: Any, broker: BrokerSettings, limit: int, key_mode: str = "auto") -> int:
+def replay(sqs: Any, broker: BrokerSettings, limit: int, key_mode: str = "keep") -> int:
     """Move up to ``limit`` messages back to the main queue with a fresh retry budget.
 
     Each message is deleted from the dead-letter queue only after it was sent to the queue.
