@@ -388,3 +388,41 @@ def test_push_turns_each_kind_of_line_into_an_event_or_a_reason(
     assert {"plain after a byte order mark", "\t  indented plain text keeps its spaces",
             "last line without a newline"} <= set(stored)  # fmt: skip
     assert proxy.violations() == []
+
+
+def test_group_is_the_stored_name_unless_a_tenant_is_given(
+    moto_url: str, emulator: Any, tmp_path: Path
+) -> None:
+    """One rule: --group is written as it is (the name `cloudlog tail` takes); --tenant NAME puts
+    it under that tenant's prefix from the registry, as ingest does for an app's group."""
+    from cloudlog_ingest.tenants import TenantRegistry
+
+    registry = tmp_path / "tenants.json"
+    TenantRegistry.load(registry).create("local")
+    source = tmp_path / "import.log"
+    source.write_text("first line\nsecond line\n")
+    suffix = uuid.uuid4().hex[:8]
+    env = push_env(moto_url, CLOUDLOG_TENANTS_PATH=str(registry))
+
+    as_given = run_push(source, f"shop/import-{suffix}", "s", env)
+    assert as_given.returncode == 0, as_given.stderr
+    assert one_json_object(as_given.stdout)["group"] == f"shop/import-{suffix}"
+    assert len(read_stream(emulator, f"shop/import-{suffix}", "s")) == 2
+
+    with_tenant = run_push(source, f"shop/import-{suffix}", "s", env, "--tenant", "local")
+    assert with_tenant.returncode == 0, with_tenant.stderr
+    report = one_json_object(with_tenant.stdout)
+    assert (report["group"], report["stream"], report["written"]) == (
+        f"local/shop/import-{suffix}",
+        "s",
+        2,
+    )
+    messages = [e["message"] for e in read_stream(emulator, f"local/shop/import-{suffix}", "s")]
+    assert messages == ["first line", "second line"]
+
+    unknown = run_push(source, "shop/import", "s", env, "--tenant", "nobody")
+    assert unknown.returncode == 2
+    assert "no tenant 'nobody'" in unknown.stderr and "--tenant" in unknown.stderr
+
+    escaping = run_push(source, "../acme/x", "s", env, "--tenant", "local")
+    assert escaping.returncode == 2 and "--group" in escaping.stderr

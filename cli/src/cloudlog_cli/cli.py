@@ -6,7 +6,7 @@ import contextlib
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,13 +17,39 @@ if TYPE_CHECKING:
 COMMANDS_ENTRY_POINT_GROUP = "cloudlog_cli.commands"
 
 
-@click.group()
+class CloudlogGroup(click.Group):
+    """Runs every command so that an error the user can fix is one line (cloudlog_cli.errors);
+    ``cloudlog --debug ...`` shows the traceback instead."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from cloudlog_cli.errors import user_error
+
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            message = user_error(exc)
+            if message is None or ctx.params.get("debug"):
+                raise
+            raise click.ClickException(message) from None
+
+
+@click.group(cls=CloudlogGroup)
 @click.version_option(package_name="cloudlog-cli")
-def cli() -> None:
-    """cloudlog: Flask logs to AWS CloudWatch Logs through SQS, Celery and an ingest service."""
+@click.option("--debug", is_flag=True, help="Show the full traceback of an error.")
+def cli(debug: bool) -> None:
+    """cloudlog: Flask logs to AWS CloudWatch Logs through SQS, Celery and an ingest service.
+
+    \b
+    Where AWS is: CLOUDLOG_AWS_ENDPOINT_URL (unset: real AWS and its credentials).
+    Next to `cloudlog dev` (or `make dev`):
+      export CLOUDLOG_AWS_ENDPOINT_URL=http://127.0.0.1:4566
+      cloudlog tail local/cloudlog/demo --follow
+    """
 
 
-@cli.command()
+@cli.command(short_help="Run the ingest service.")
 @click.option(
     "--host", default=None, help="Bind address [default: CLOUDLOG_INGEST_HOST or 127.0.0.1]."
 )
@@ -37,7 +63,7 @@ def ingest(host: str | None, port: int | None) -> None:
     serve(host=host, port=port)
 
 
-@cli.command()
+@cli.command(short_help="Run a Celery worker (SQS to ingest).")
 @click.option("--concurrency", type=int, default=None, help="Worker threads [default: 4].")
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(concurrency: int | None, loglevel: str) -> None:
@@ -47,19 +73,31 @@ def worker(concurrency: int | None, loglevel: str) -> None:
     run_worker(concurrency=concurrency, loglevel=loglevel)
 
 
-@cli.command()
+@cli.command(short_help="Print events read back from CloudWatch.")
 @click.argument("group")
 @click.option("--stream", default=None, help="Only this stream.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
 @click.option("--raw", is_flag=True, help="Print messages as stored (JSON), not formatted.")
 def tail(group: str, stream: str | None, follow: bool, raw: bool) -> None:
-    """Print events of GROUP read back from CloudWatch Logs."""
+    """Print events of GROUP read back from CloudWatch Logs.
+
+    GROUP is the stored name: an app's CLOUDLOG_LOG_GROUP lands under its tenant's prefix
+    (`cloudlog dev`: local/), so shop/web is read as local/shop/web. A group that does not
+    exist is an error (exit 1) naming similar groups. Reads CLOUDLOG_AWS_ENDPOINT_URL, e.g.
+    http://127.0.0.1:4566 next to `cloudlog dev`.
+    """
+    from cloudlog_cli.tail import GroupNotFound, check_group
     from cloudlog_cli.tail import tail as run_tail
     from cloudlog_core.aws import AwsSettings, make_client
 
+    client = make_client("logs", AwsSettings())
+    try:
+        check_group(client, group)
+    except GroupNotFound as exc:
+        raise click.ClickException(str(exc)) from None
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C ends --follow quietly
         run_tail(
-            make_client("logs", AwsSettings()),
+            client,
             group,
             stream=stream,
             follow=follow,
@@ -68,7 +106,7 @@ def tail(group: str, stream: str | None, follow: bool, raw: bool) -> None:
         )
 
 
-@cli.group()
+@cli.group(short_help="Create, list and revoke tenants.")
 def tenant() -> None:
     """The tenant registry (CLOUDLOG_TENANTS_PATH): who may write, where, how fast."""
 
@@ -163,7 +201,7 @@ def tenant_revoke(name: str) -> None:
     click.echo(json.dumps(revoked.public()))
 
 
-@cli.group()
+@cli.group(short_help="List and replay dead-lettered batches.")
 def dlq() -> None:
     """The dead-letter queue: batches the worker gave up on."""
 
@@ -188,11 +226,12 @@ def dlq_list(limit: int) -> None:
 @click.option(
     "--key",
     "key_mode",
-    type=click.Choice(["auto", "keep", "worker"]),
-    default="auto",
+    type=click.Choice(["keep", "worker"]),
+    default="keep",
     show_default=True,
-    help="Which key replayed batches carry: auto drops a batch's own key after a 401, so the "
-    "worker's CLOUDLOG_API_KEY applies; worker drops every batch's key; keep keeps them all.",
+    help="Which key replayed batches carry: keep, each its own (a batch is only ever written as "
+    "the tenant that sent it); worker drops them, so the worker's CLOUDLOG_API_KEY applies: "
+    "only for batches of the worker's own tenant.",
 )
 def dlq_replay(limit: int, key_mode: str) -> None:
     """Send dead-lettered batches back to the queue with a fresh retry budget."""
@@ -206,9 +245,21 @@ def dlq_replay(limit: int, key_mode: str) -> None:
     click.echo(json.dumps({"replayed": moved}))
 
 
-@cli.command()
+@cli.command(short_help="Backfill a file into one log stream.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, readable=True, path_type=Path))
-@click.option("--group", required=True, help="Log group (created if missing).")
+@click.option(
+    "--group",
+    required=True,
+    help="Log group (created if missing): the stored name as it is, e.g. local/shop/import; "
+    "with --tenant, relative to that tenant's prefix.",
+)
+@click.option(
+    "--tenant",
+    "tenant_name",
+    default=None,
+    help="Put --group under this tenant's prefix from the registry (CLOUDLOG_TENANTS_PATH), "
+    "as ingest does for an app: --tenant local --group shop/import writes local/shop/import.",
+)
 @click.option("--stream", required=True, help="Log stream (created if missing).")
 @click.option(
     "--max-event-bytes",
@@ -217,8 +268,15 @@ def dlq_replay(limit: int, key_mode: str) -> None:
     help="Largest event before it is split into parts [default: CLOUDLOG_WRITER_MAX_EVENT_BYTES "
     "or 1048576; 262144 for endpoints still holding 256 KB].",
 )
-def push(file: Path, group: str, stream: str, max_event_bytes: int | None) -> None:
+def push(
+    file: Path, group: str, tenant_name: str | None, stream: str, max_event_bytes: int | None
+) -> None:
     """Backfill FILE into one log stream, through the writer, for importing old logs.
+
+    Writes straight to CloudWatch Logs (CLOUDLOG_AWS_ENDPOINT_URL and AWS credentials; no
+    ingest, no tenant key). --group is the stored name, the one `cloudlog tail` takes; give
+    --tenant NAME to name it relative to a tenant's prefix, as an app does. The report names
+    the group written to.
 
     \b
     Each line is one event:
@@ -234,8 +292,8 @@ def push(file: Path, group: str, stream: str, max_event_bytes: int | None) -> No
 
     \b
     Prints one JSON object on stdout when done:
-      {"written": N, "rejected": [{"line": L, "reason": "...", "detail": "..."}],
-       "blank": B, "lines": T}
+      {"group": G, "stream": S, "written": N,
+       "rejected": [{"line": L, "reason": "...", "detail": "..."}], "blank": B, "lines": T}
     Lines are numbered from 1. Progress goes to stderr when it is a terminal.
     Exit status 0 when every line was written, rejected or blank; 1 when events could be
     neither written nor rejected (endpoint unreachable, access denied: the JSON then adds
@@ -244,6 +302,8 @@ def push(file: Path, group: str, stream: str, max_event_bytes: int | None) -> No
     from cloudlog_cli.push import run_push
     from cloudlog_core.names import check_log_group, check_log_stream
 
+    if tenant_name is not None:
+        group = _tenant_group(tenant_name, group)
     for check, name, param in (
         (check_log_group, group, "--group"),
         (check_log_stream, stream, "--stream"),
@@ -253,6 +313,24 @@ def push(file: Path, group: str, stream: str, max_event_bytes: int | None) -> No
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint=param) from None
     sys.exit(run_push(file, group, stream, max_event_bytes=max_event_bytes))
+
+
+def _tenant_group(tenant_name: str, group: str) -> str:
+    """``group`` under the tenant's prefix, checked as ingest checks an app's group."""
+    from cloudlog_ingest.confinement import Refusal, resolve_group
+
+    registry = _registry()
+    found = registry.get(tenant_name)
+    if found is None:
+        raise click.BadParameter(
+            f"no tenant {tenant_name!r} in the registry {registry.path} (CLOUDLOG_TENANTS_PATH; "
+            "see `cloudlog tenant list`)",
+            param_hint="--tenant",
+        )
+    try:
+        return resolve_group(found, group, field="--group")
+    except Refusal as exc:
+        raise click.BadParameter(exc.reason, param_hint="--group") from None
 
 
 def _add_plugin_commands() -> None:

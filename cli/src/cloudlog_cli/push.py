@@ -449,7 +449,8 @@ def run_push(
     except OSError as exc:
         err.write(f"cloudlog push: cannot read {path}: {exc}\n")
         return 1
-    out.write(json.dumps(report.as_dict(), ensure_ascii=False) + "\n")
+    named = {"group": group, "stream": stream, **report.as_dict()}  # where it was written
+    out.write(json.dumps(named, ensure_ascii=False) + "\n")
     out.flush()
     if report.complete:
         return 0

@@ -87,6 +87,57 @@ class Follower:
         return fresh
 
 
+# How many group names are looked through for suggestions when a group does not exist.
+MAX_GROUPS_SCANNED = 10_000
+MAX_SUGGESTIONS = 5
+
+
+class GroupNotFound(LookupError):
+    """The group does not exist; ``similar`` are existing groups the user may have meant."""
+
+    def __init__(self, group: str, similar: list[str]) -> None:
+        self.group = group
+        self.similar = similar
+        text = f"log group {group!r} does not exist"
+        if similar:
+            text += "; did you mean " + " or ".join(similar) + "?"
+        text += (
+            " (tail takes the stored name: an app's CLOUDLOG_LOG_GROUP lands under its tenant's"
+            " prefix, local/ for `cloudlog dev`)"
+        )
+        super().__init__(text)
+
+
+def group_exists(client: Any, group: str) -> bool:
+    page = client.describe_log_groups(logGroupNamePrefix=group, limit=50)
+    return any(entry["logGroupName"] == group for entry in page.get("logGroups", []))
+
+
+def similar_groups(client: Any, group: str) -> list[str]:
+    """Existing groups ending with ``/group`` first, then those containing it (case aside)."""
+    wanted = group.strip("/").lower()
+    ending: list[str] = []
+    containing: list[str] = []
+    scanned = 0
+    for page in client.get_paginator("describe_log_groups").paginate():
+        for entry in page.get("logGroups", []):
+            name = entry["logGroupName"]
+            scanned += 1
+            if name.lower().endswith("/" + wanted):
+                ending.append(name)
+            elif wanted and wanted in name.lower():
+                containing.append(name)
+        if scanned >= MAX_GROUPS_SCANNED:
+            break
+    return (sorted(ending) + sorted(containing))[:MAX_SUGGESTIONS]
+
+
+def check_group(client: Any, group: str) -> None:
+    """Raise :class:`GroupNotFound` (with similar names) unless the group exists."""
+    if not group_exists(client, group):
+        raise GroupNotFound(group, similar_groups(client, group))
+
+
 def tail(
     client: Any,
     group: str,
