@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Start LocalStack (SQS + CloudWatch Logs) on 127.0.0.1:4566 and create cloudlog's queues.
+# Start LocalStack (SQS + CloudWatch Logs + DynamoDB) on 127.0.0.1:4566 and create cloudlog's
+# queues and tenant table.
 #
 # Where a Docker engine answers (`docker info` succeeds) the `localstack` service of the
 # repository's docker-compose.yml is started. Otherwise LocalStack's open-source runtime runs on
 # the host, from a virtualenv of its own made with Python 3.13 (the runtime needs 3.13), in the
 # background; its pid goes to .state/localstack.pid and its output to .state/localstack.log.
 # Either way the queue and its dead-letter queue are then created with cloudlog's own
-# ensure_queues, from the project's virtualenv. Idempotent: a running LocalStack is reused.
+# ensure_queues, and the tenant table (CLOUDLOG_TENANTS_TABLE, default cloudlog-tenants) with
+# ensure_tenant_table, from the project's virtualenv. Idempotent: a running LocalStack is reused.
 #
 # Environment (all optional):
 #   LOCALSTACK_MODE      auto (default) | docker | host
@@ -116,7 +118,7 @@ start_host() {
     GATEWAY_SERVER=hypercorn \
     OVERRIDE_IN_DOCKER=0 \
     LOCALSTACK_HOST="127.0.0.1:$PORT" \
-    SERVICES=sqs,logs \
+    SERVICES=sqs,logs,dynamodb \
     DNS_ADDRESS=0 \
     EAGER_SERVICE_LOADING=1 \
     SQS_ENDPOINT_STRATEGY=path \
@@ -156,7 +158,7 @@ while time.monotonic() < deadline:
     try:
         with urllib.request.urlopen(f"{endpoint}/_localstack/health", timeout=2) as response:
             services = json.load(response).get("services", {})
-        last = {name: services.get(name) for name in ("sqs", "logs")}
+        last = {name: services.get(name) for name in ("sqs", "logs", "dynamodb")}
         if all(state in ("available", "running") for state in last.values()):
             sys.exit(0)
     except (OSError, ValueError) as exc:
@@ -174,6 +176,17 @@ from cloudlog_wire.broker import BrokerSettings, ensure_queues
 
 for name, url in ensure_queues(make_client("sqs", AwsSettings()), BrokerSettings()).items():
     print(f"localstack-up: queue {name}: {url}")
+'
+}
+
+create_tenant_table() {
+  CLOUDLOG_AWS_ENDPOINT_URL=$ENDPOINT "$PROJECT_PYTHON" -c '
+from cloudlog_ingest.tenant_table import DEFAULT_TENANTS_TABLE, dynamodb_client, ensure_tenant_table
+from cloudlog_ingest.tenants import TenantSettings
+
+table = TenantSettings().tenants_table or DEFAULT_TENANTS_TABLE
+state = "created" if ensure_tenant_table(dynamodb_client(), table) else "exists"
+print(f"localstack-up: tenant table {table}: {state}")
 '
 }
 
@@ -208,4 +221,5 @@ if ! wait_ready; then
   die "LocalStack did not become ready on $ENDPOINT"
 fi
 create_queues
-log "LocalStack is up on $ENDPOINT (SQS + CloudWatch Logs); stop it with 'make localstack-down'"
+create_tenant_table
+log "LocalStack is up on $ENDPOINT (SQS + CloudWatch Logs + DynamoDB); stop it with 'make localstack-down'"

@@ -19,6 +19,8 @@ LOG_GROUP_ARN = (
     "arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:${TenantLogGroupPrefix}*"
 )
 DEAD_LETTER_QUEUE_ARN = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+TENANTS_TABLE_ARN = {"Fn::GetAtt": ["TenantsTable", "Arn"]}
+IDEMPOTENCY_TABLE_ARN = {"Fn::GetAtt": ["IdempotencyTable", "Arn"]}
 # policy resource -> its statements, each (exact actions, exact resources)
 EXPECTED_POLICIES: dict[str, list[tuple[set[str], list[Any]]]] = {
     "AppPublishPolicy": [({"sqs:SendMessage", "sqs:GetQueueUrl"}, [QUEUE_ARN])],
@@ -48,6 +50,29 @@ EXPECTED_POLICIES: dict[str, list[tuple[set[str], list[Any]]]] = {
                 "logs:GetLogEvents",  # crash recovery reads back (cloudlog_ingest/journal.py)
             },
             [{"Fn::Sub": LOG_GROUP_ARN}, {"Fn::Sub": LOG_GROUP_ARN + ":log-stream:*"}],
+        )
+    ],
+    # the tenant table: ingest only reads it; writes are the operators' (cloudlog tenant ...)
+    "IngestTenantsReadPolicy": [
+        ({"dynamodb:GetItem", "dynamodb:Query", "dynamodb:Scan"}, [TENANTS_TABLE_ARN])
+    ],
+    # batch claims and done marks (cloudlog_ingest/idempotency.py)
+    "IngestIdempotencyPolicy": [
+        (
+            {"dynamodb:PutItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteItem"},
+            [IDEMPOTENCY_TABLE_ARN],
+        )
+    ],
+    "TenantAdminPolicy": [
+        (
+            {
+                "dynamodb:GetItem",
+                "dynamodb:Scan",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+            },
+            [TENANTS_TABLE_ARN],
         )
     ],
 }
@@ -135,7 +160,37 @@ def test_queue_dead_letters_into_its_own_dlq(template: dict[str, Any]) -> None:
         assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
 
 
-def test_only_the_three_managed_policies_grant_anything(template: dict[str, Any]) -> None:
+def test_the_tenant_table_is_retained_encrypted_and_recoverable(
+    template: dict[str, Any],
+) -> None:
+    tables = resources_of_type(template, "AWS::DynamoDB::Table")
+    assert set(tables) == {"TenantsTable", "IdempotencyTable"}
+    table = tables["TenantsTable"]
+    assert table["DeletionPolicy"] == table["UpdateReplacePolicy"] == "Retain"
+    properties = plain(table["Properties"])
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert properties["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert properties["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert properties["SSESpecification"] == {"SSEEnabled": True}
+    assert properties["DeletionProtectionEnabled"] is True
+    assert "GlobalSecondaryIndexes" not in properties
+    outputs = plain(template["Outputs"])
+    assert outputs["TenantsTableName"]["Value"] == {"Ref": "TenantsTable"}
+
+
+def test_the_idempotency_table_expires_its_records(template: dict[str, Any]) -> None:
+    table = resources_of_type(template, "AWS::DynamoDB::Table")["IdempotencyTable"]
+    properties = plain(table["Properties"])
+    assert properties["BillingMode"] == "PAY_PER_REQUEST"
+    assert properties["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert properties["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert properties["SSESpecification"] == {"SSEEnabled": True}
+    outputs = plain(template["Outputs"])
+    assert outputs["IdempotencyTableName"]["Value"] == {"Ref": "IdempotencyTable"}
+
+
+def test_only_the_expected_managed_policies_grant_anything(template: dict[str, Any]) -> None:
     iam = {
         name: resource["Type"]
         for name, resource in template["Resources"].items()

@@ -135,7 +135,7 @@ def test_services_and_their_wiring(compose: dict[str, Any]) -> None:
 
     localstack = services["localstack"]
     assert str(localstack["image"]).startswith("localstack/localstack:")
-    assert environment(localstack)["SERVICES"] == "sqs,logs"
+    assert environment(localstack)["SERVICES"] == "sqs,logs,dynamodb"
     assert "test" in localstack["healthcheck"]
 
     for name in ("ingest", "worker"):

@@ -6,20 +6,35 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from moto import mock_aws
 
+from cloudlog_core.aws import AwsSettings
+from cloudlog_devtools.processes import free_port
 from cloudlog_ingest.bodylimit import BodySizeLimit
 from cloudlog_ingest.confinement import Refusal, check_stream, resolve_group
 from cloudlog_ingest.quotas import Quotas, TokenBucket
+from cloudlog_ingest.tenant_table import (
+    DynamoTenantStore,
+    dynamodb_client,
+    ensure_tenant_table,
+    open_tenant_store,
+    tenant_from_item,
+)
 from cloudlog_ingest.tenants import (
     RegistryCorrupt,
     RegistryLocked,
+    RegistryUnavailable,
     TenantError,
     TenantRegistry,
+    TenantSettings,
     hash_key,
     registry_lock,
 )
@@ -244,3 +259,181 @@ def test_an_existing_folder_keeps_its_mode(tmp_path: Path) -> None:
     TenantRegistry.load(tmp_path / "tenants.json").create("acme")
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "tenants.json").stat().st_mode) == 0o600
+
+
+def test_rotate_replaces_the_key_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "tenants.json"
+    registry = TenantRegistry.load(path)
+    tenant, old = registry.create("acme")
+    other_view = TenantRegistry.load(path)
+    rotated, new = registry.rotate("acme")
+    assert new != old and rotated.key_sha256 == hash_key(new)
+    assert dataclasses.replace(rotated, key_sha256=tenant.key_sha256) == tenant
+    text = path.read_text()
+    assert new not in text and hash_key(old) not in text and hash_key(new) in text
+    assert registry.authenticate(old) is None and registry.authenticate(new) == rotated
+    assert other_view.authenticate(old) == tenant
+    os.utime(path, ns=(time.time_ns() + 10**9,) * 2)  # a new mtime, whatever the clock's grain
+    assert other_view.reload()
+    assert other_view.authenticate(old) is None and other_view.authenticate(new) == rotated
+
+
+def test_rotate_refuses_unknown_and_revoked_tenants(tmp_path: Path) -> None:
+    registry = TenantRegistry.load(tmp_path / "tenants.json")
+    with pytest.raises(TenantError, match="no tenant 'nobody'"):
+        registry.rotate("nobody")
+    registry.create("acme")
+    registry.revoke("acme")
+    with pytest.raises(TenantError, match="is revoked"):
+        registry.rotate("acme")
+
+
+# -- the DynamoDB store (tenant_table.py), on moto in this process ----------------------------
+
+
+class _CountingClient:
+    """A DynamoDB client that counts calls and may run something before a transaction."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls: list[str] = []
+        self.before_transaction: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+
+        def call(**kwargs: Any) -> Any:
+            self.calls.append(name)
+            if name == "transact_write_items" and self.before_transaction:
+                self.before_transaction.pop(0)()
+            return method(**kwargs)
+
+        return call
+
+
+@pytest.fixture
+def dynamodb(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        assert ensure_tenant_table(client, "t") is True
+        assert ensure_tenant_table(client, "t") is False
+        yield client
+
+
+def test_table_store_creates_rotates_revokes_with_hashes_only(dynamodb: Any) -> None:
+    store = DynamoTenantStore.load("t", dynamodb)
+    tenant, key = store.create("acme", retention_days=7, tags={"t": "1"}, rate=1.5)
+    items = {item["pk"]["S"]: item for item in dynamodb.scan(TableName="t")["Items"]}
+    assert set(items) == {
+        "registry#version",
+        "tenant#acme",
+        "prefix#acme/",
+        f"key#{hash_key(key)}",
+    }
+    assert key not in json.dumps(items)
+    assert tenant_from_item(items["tenant#acme"]) == tenant
+    reader = DynamoTenantStore.load("t", dynamodb)
+    assert reader.authenticate(key) == tenant and reader.source == "DynamoDB table t"
+
+    rotated, new = store.rotate("acme")
+    assert reader.reload()
+    assert reader.authenticate(key) is None and reader.authenticate(new) == rotated
+    keys = [pk for pk in (i["pk"]["S"] for i in dynamodb.scan(TableName="t")["Items"])]
+    assert f"key#{hash_key(new)}" in keys and f"key#{hash_key(key)}" not in keys
+
+    revoked = store.revoke("acme")
+    assert revoked.revoked and store.revoke("acme").revoked  # again: no change, no error
+    assert reader.reload() and reader.authenticate(new) is None
+    assert not any(
+        pk.startswith("key#")
+        for pk in (i["pk"]["S"] for i in dynamodb.scan(TableName="t")["Items"])
+    )
+    with pytest.raises(TenantError, match="is revoked"):
+        store.rotate("acme")
+    with pytest.raises(TenantError, match="no tenant 'nobody'"):
+        store.revoke("nobody")
+    with pytest.raises(TenantError, match="overlaps tenant 'acme'"):
+        store.create("other", log_group_prefix="ACME/sub/")  # the revoked keep their prefix
+
+
+def test_table_store_reads_the_tenants_only_when_the_version_moved(dynamodb: Any) -> None:
+    counting = _CountingClient(dynamodb)
+    reader = DynamoTenantStore.load("t", counting)
+    writer = DynamoTenantStore.load("t", dynamodb)
+    counting.calls.clear()
+    assert not reader.reload() and not reader.reload()
+    assert counting.calls == ["get_item", "get_item"]
+    writer.create("acme")
+    assert reader.reload()
+    assert counting.calls[2:] == ["get_item", "scan"]
+    assert [t.name for t in reader.tenants()] == ["acme"]
+
+
+def test_a_create_that_loses_the_race_rereads_and_then_refuses_the_overlap(dynamodb: Any) -> None:
+    counting = _CountingClient(dynamodb)
+    store = DynamoTenantStore.load("t", counting)
+    rival = DynamoTenantStore.load("t", dynamodb)
+    # Between this writer's read and its transaction, another writer takes an overlapping prefix.
+    counting.before_transaction.append(lambda: rival.create("first", log_group_prefix="shop/"))
+    with pytest.raises(TenantError, match="overlaps tenant 'first'"):
+        store.create("second", log_group_prefix="SHOP/eu/")
+    assert counting.calls.count("transact_write_items") == 1  # refused on the re-read
+    assert [t.name for t in DynamoTenantStore.load("t", dynamodb).tenants()] == ["first"]
+    # A rival that does not overlap: the loser retries and both are in.
+    counting.before_transaction.append(lambda: rival.create("third"))
+    store.create("fourth")
+    assert {t.name for t in DynamoTenantStore.load("t", dynamodb).tenants()} == {
+        "first",
+        "third",
+        "fourth",
+    }
+
+
+def test_a_claim_without_its_tenant_is_a_clear_error_not_a_retry_loop(dynamodb: Any) -> None:
+    dynamodb.put_item(TableName="t", Item={"pk": {"S": "prefix#shop/"}, "tenant": {"S": "gone"}})
+    store = DynamoTenantStore.load("t", dynamodb, write_timeout_seconds=2)
+    with pytest.raises(TenantError, match="prefix 'shop/' already taken"):
+        store.create("shop")
+
+
+def test_an_unreachable_or_invalid_table_keeps_the_last_good_tenants(
+    dynamodb: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DynamoTenantStore.load("t", dynamodb)
+    _, key = store.create("acme")
+    reader = DynamoTenantStore.load("t", dynamodb)
+    reader.client = dynamodb_client(AwsSettings(aws_endpoint_url=f"http://127.0.0.1:{free_port()}"))
+    with caplog.at_level(logging.ERROR):
+        assert not reader.reload() and not reader.reload()
+    assert reader.problem is not None and "tenant table t cannot be read" in reader.problem
+    assert reader.authenticate(key) is not None
+    assert sum("keeping the last good registry" in r.message for r in caplog.records) == 1
+    reader.client = dynamodb
+    assert reader.reload() and reader.problem is None
+
+    dynamodb.put_item(
+        TableName="t", Item={"pk": {"S": "tenant#bad"}, "name": {"S": "bad"}}
+    )  # no key hash, no prefix
+    with pytest.raises(RegistryCorrupt, match="invalid item 'tenant#bad'"):
+        store.create("other")  # writers refuse a registry that does not parse
+    dynamodb.update_item(
+        TableName="t",
+        Key={"pk": {"S": "registry#version"}},
+        UpdateExpression="ADD v :one",
+        ExpressionAttributeValues={":one": {"N": "1"}},
+    )
+    assert not reader.reload()
+    assert reader.problem is not None and "invalid item 'tenant#bad'" in reader.problem
+    assert reader.authenticate(key) is not None
+    with pytest.raises(RegistryUnavailable, match="cannot be read"):
+        DynamoTenantStore.load(
+            "t", dynamodb_client(AwsSettings(aws_endpoint_url=f"http://127.0.0.1:{free_port()}"))
+        )
+
+
+def test_the_setting_picks_the_store(dynamodb: Any, tmp_path: Path) -> None:
+    settings = TenantSettings(tenants_path=tmp_path / "tenants.json", tenants_table="")
+    assert isinstance(open_tenant_store(settings), TenantRegistry)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from cloudlog_ingest.tenants import TenantRegistry
+    from cloudlog_ingest.tenants import TenantStore
 
 # Other distributions add commands here (cloudlog-devtools: `emulator`, `dev`).
 COMMANDS_ENTRY_POINT_GROUP = "cloudlog_cli.commands"
@@ -106,21 +106,22 @@ def tail(group: str, stream: str | None, follow: bool, raw: bool) -> None:
         )
 
 
-@cli.group(short_help="Create, list and revoke tenants.")
+@cli.group(short_help="Create, list, revoke and rotate tenants.")
 def tenant() -> None:
-    """The tenant registry (CLOUDLOG_TENANTS_PATH): who may write, where, how fast."""
+    """The tenant registry: who may write, where, how fast. The DynamoDB table
+    CLOUDLOG_TENANTS_TABLE if set (shared by every ingest replica), else the file
+    CLOUDLOG_TENANTS_PATH (one node)."""
 
 
-def _registry() -> TenantRegistry:
-    """The registry, or a one-line error: a corrupt file is refused, never overwritten."""
-    from cloudlog_ingest.tenants import RegistryCorrupt, TenantRegistry, TenantSettings
+def _registry() -> TenantStore:
+    """The registry, or a one-line error: a corrupt file is refused, never overwritten; a
+    table that does not answer is named with the reason."""
+    from cloudlog_ingest.tenant_table import open_tenant_store
+    from cloudlog_ingest.tenants import RegistryCorrupt, RegistryUnavailable
 
-    settings = TenantSettings()
     try:
-        return TenantRegistry.load(
-            settings.tenants_path, lock_timeout_seconds=settings.tenants_lock_timeout_seconds
-        )
-    except RegistryCorrupt as exc:
+        return open_tenant_store()
+    except (RegistryCorrupt, RegistryUnavailable) as exc:
         raise click.ClickException(_refusal(exc)) from None
 
 
@@ -199,6 +200,23 @@ def tenant_revoke(name: str) -> None:
     except TenantError as exc:  # also RegistryCorrupt, RegistryLocked: nothing was written
         raise click.ClickException(_refusal(exc)) from None
     click.echo(json.dumps(revoked.public()))
+
+
+@tenant.command("rotate")
+@click.argument("name")
+def tenant_rotate(name: str) -> None:
+    """Give a tenant a new API key and print it, once; the old key is refused within
+    CLOUDLOG_TENANTS_RELOAD_SECONDS."""
+    import json
+
+    from cloudlog_ingest.tenants import TenantError
+
+    try:
+        rotated, api_key = _registry().rotate(name)
+    except TenantError as exc:  # also RegistryCorrupt, RegistryLocked: nothing was written
+        raise click.ClickException(_refusal(exc)) from None
+    click.echo(json.dumps({**rotated.public(), "api_key": api_key}))
+    click.echo("Keep the api_key now: it is not stored and cannot be shown again.", err=True)
 
 
 @cli.group(short_help="List and replay dead-lettered batches.")
@@ -323,8 +341,8 @@ def _tenant_group(tenant_name: str, group: str) -> str:
     found = registry.get(tenant_name)
     if found is None:
         raise click.BadParameter(
-            f"no tenant {tenant_name!r} in the registry {registry.path} (CLOUDLOG_TENANTS_PATH; "
-            "see `cloudlog tenant list`)",
+            f"no tenant {tenant_name!r} in the registry {registry.source} "
+            "(CLOUDLOG_TENANTS_TABLE or CLOUDLOG_TENANTS_PATH; see `cloudlog tenant list`)",
             param_hint="--tenant",
         )
     try:

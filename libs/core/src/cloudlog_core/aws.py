@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_REGION = "us-east-1"
-ServiceName = Literal["logs", "sqs"]
+ServiceName = Literal["logs", "sqs", "dynamodb"]
 LOCAL_ENDPOINT_CREDENTIALS = ("testing", "testing")
 
 # Every network call has a timeout (seconds).

@@ -27,7 +27,7 @@ from cloudlog_ingest.schemas import (
     IncomingEvent,
 )
 from cloudlog_ingest.settings import IngestSettings
-from cloudlog_ingest.tenants import Tenant, TenantRegistry
+from cloudlog_ingest.tenants import Tenant, TenantStore
 
 _bearer = HTTPBearer(auto_error=False, description="The tenant's API key.")
 UNAUTHORIZED = HTTPException(
@@ -51,9 +51,12 @@ PipelineDep = Annotated[WritePipeline, Depends(_pipeline)]
 SettingsDep = Annotated[IngestSettings, Depends(_settings)]
 
 
-def _registry_of(state: Any) -> TenantRegistry:
-    """The tenant registry, re-read when its file changed (at most every reload interval)."""
-    registry: TenantRegistry = state.tenants
+def _registry_of(state: Any) -> TenantStore:
+    """The tenant registry, re-read when its file changed (at most every reload interval).
+    A registry polled in the background (the DynamoDB table: app.py) is only returned."""
+    registry: TenantStore = state.tenants
+    if getattr(state, "tenants_polled", False):
+        return registry
     now = time.monotonic()
     if now - state.tenants_checked >= state.tenants_reload_seconds:
         state.tenants_checked = now
@@ -62,7 +65,7 @@ def _registry_of(state: Any) -> TenantRegistry:
     return registry
 
 
-def _registry(request: Request) -> TenantRegistry:
+def _registry(request: Request) -> TenantStore:
     return _registry_of(request.app.state)
 
 

@@ -35,7 +35,7 @@ from botocore.exceptions import ClientError
 from prometheus_client import CollectorRegistry, Gauge
 
 from cloudlog_core.aws import AwsSettings, make_client
-from cloudlog_ingest.tenants import TenantRegistry
+from cloudlog_ingest.tenants import TenantStore
 from cloudlog_writer.errors import THROTTLING_CODES, describe, error_code
 
 # A call refused with one of these was still answered by CloudWatch Logs. Not in the list:
@@ -138,18 +138,19 @@ def pending_check(pending: int, bound: int, fraction: float) -> CheckResult:
     return CheckResult(pending < limit, detail)
 
 
-def tenants_check(registry: TenantRegistry) -> CheckResult:
-    """Always ok (ingest serves with the last good registry); degraded while the file is bad."""
+def tenants_check(registry: TenantStore) -> CheckResult:
+    """Always ok (ingest serves with the last good registry); degraded while the file is bad
+    or the DynamoDB table does not answer."""
     count = len(registry.tenants())
     if registry.problem is not None:
         return CheckResult(
             True, f"{registry.problem}; serving with the last good registry ({count} tenants)", True
         )
-    return CheckResult(True, f"{count} tenants loaded from {registry.path}")
+    return CheckResult(True, f"{count} tenants loaded from {registry.source}")
 
 
 def track_tenant_registry(
-    metrics_registry: CollectorRegistry, current: Callable[[], TenantRegistry | None]
+    metrics_registry: CollectorRegistry, current: Callable[[], TenantStore | None]
 ) -> None:
     """``cloudlog_ingest_tenant_registry_ok``: 1 while the registry file was last read whole,
     0 while ingest keeps the last good registry because the file is corrupt or unreadable."""

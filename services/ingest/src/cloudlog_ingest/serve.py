@@ -9,17 +9,19 @@ import uvicorn
 
 from cloudlog_core.logging_json import json_logging_config
 from cloudlog_ingest.settings import get_settings
-from cloudlog_ingest.tenants import RegistryCorrupt, TenantRegistry, TenantSettings
+from cloudlog_ingest.tenant_table import open_tenant_store
+from cloudlog_ingest.tenants import RegistryCorrupt, RegistryUnavailable, TenantSettings
 
 
 def serve(host: str | None = None, port: int | None = None) -> None:
     """Serve until stopped; ``None`` takes CLOUDLOG_INGEST_HOST / CLOUDLOG_INGEST_PORT.
 
     Refuses to start, with one line on stderr and exit status 2, on a tenant registry file
-    that does not parse: there is no last good registry to serve with."""
+    that does not parse, or a tenant table that does not answer: there is no last good registry
+    to serve with."""
     try:
-        TenantRegistry.load(TenantSettings().tenants_path)
-    except RegistryCorrupt as exc:
+        open_tenant_store(TenantSettings())
+    except (RegistryCorrupt, RegistryUnavailable) as exc:
         print(f"cloudlog ingest: not starting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     settings = get_settings()

@@ -7,9 +7,13 @@ logged), its log group prefix, an event rate and burst, and optional retention, 
 key for the groups it creates. Prefixes never overlap, compared without regard to case, so no
 tenant's groups can fall under another's prefix.
 
-Writers (``create``, ``revoke``: the ``cloudlog tenant`` commands) serialise on an exclusive
-``flock`` of a lock file beside the registry (``tenants.json.lock``), re-read the file under the
-lock, change it, and write it to a temporary file of their own, fsynced, renamed over the
+This module is the file store (single node, development). With ``CLOUDLOG_TENANTS_TABLE`` set,
+the registry is a DynamoDB table instead (tenant_table.py), which every replica sees:
+``tenant_table.open_tenant_store`` picks one. Both answer the same ``TenantStore`` interface.
+
+Writers (``create``, ``revoke``, ``rotate``: the ``cloudlog tenant`` commands) serialise on an
+exclusive ``flock`` of a lock file beside the registry (``tenants.json.lock``), re-read the file
+under the lock, change it, and write it to a temporary file of their own, fsynced, renamed over the
 registry, so readers see the old file or the new one, never a mix, and no writer's change is
 lost. A registry that does not parse is never overwritten: writers refuse it (RegistryCorrupt).
 Ingest, reloading, keeps its last good registry and reports the problem (``problem``) instead.
@@ -32,9 +36,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KEY_PREFIX = "cl_"
@@ -60,8 +64,16 @@ class TenantSettings(BaseSettings):
     tenants_path: Path = Path(".cloudlog-state/tenants.json")
     # How often ingest looks for changes to the file (revocations take effect within this).
     tenants_reload_seconds: float = Field(default=1.0, gt=0, le=3600)
-    # How long `cloudlog tenant create|revoke` waits for another writer to finish.
+    # How long `cloudlog tenant create|revoke|rotate` waits for another writer to finish.
     tenants_lock_timeout_seconds: float = Field(default=DEFAULT_LOCK_TIMEOUT_SECONDS, gt=0)
+    # A DynamoDB table holding the registry (tenant_table.py), shared by every replica;
+    # unset or empty: the file at tenants_path (one node).
+    tenants_table: str | None = None
+
+    @field_validator("tenants_table", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class TenantError(ValueError):
@@ -74,6 +86,10 @@ class RegistryCorrupt(TenantError):
 
 class RegistryLocked(TenantError):
     """Another writer held the registry's lock for longer than the timeout."""
+
+
+class RegistryUnavailable(TenantError):
+    """The registry's store (the DynamoDB table) did not answer or refused the request."""
 
 
 def hash_key(api_key: str) -> str:
@@ -248,6 +264,99 @@ def _overlap(a: str, b: str) -> bool:
     return a.startswith(b) or b.startswith(a)
 
 
+def new_tenant(
+    name: str,
+    *,
+    log_group_prefix: str | None = None,
+    rate: float = DEFAULT_RATE,
+    burst: int = DEFAULT_BURST,
+    retention_days: int | None = None,
+    kms_key_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> tuple[Tenant, str]:
+    """A new tenant (checked on its own: name, prefix, rate) and its API key; every store's
+    ``create`` then checks it against the others (name taken, prefixes overlapping)."""
+    if not TENANT_NAME.fullmatch(name):
+        raise TenantError(
+            "tenant name must be 1-63 characters: lowercase letters, digits and -, "
+            "starting with a letter or digit"
+        )
+    prefix = log_group_prefix if log_group_prefix is not None else f"{name}/"
+    if len(prefix) > MAX_PREFIX_LENGTH or not PREFIX.fullmatch(prefix) or ".." in prefix:
+        raise TenantError(
+            f"log group prefix must be at most {MAX_PREFIX_LENGTH} characters of letters, "
+            "digits and . - _ # in /-separated parts, ending in '/', e.g. 'acme/'"
+        )
+    if prefix.lower().startswith("aws/"):
+        raise TenantError("log group prefix may not start with 'aws/'")
+    if rate <= 0 or burst < 1:
+        raise TenantError("rate must be positive and burst at least 1")
+    api_key = new_api_key()
+    tenant = Tenant(
+        name=name,
+        key_sha256=hash_key(api_key),
+        log_group_prefix=prefix,
+        rate=rate,
+        burst=burst,
+        retention_days=retention_days,
+        kms_key_id=kms_key_id,
+        tags=dict(tags or {}),
+        created_at=time.time(),
+    )
+    return tenant, api_key
+
+
+def check_addable(tenants: dict[str, Tenant], tenant: Tenant) -> None:
+    """TenantError unless ``tenant`` can join ``tenants``: a new name, and a prefix that
+    overlaps no other tenant's (revoked ones included: their groups stay theirs)."""
+    if tenant.name in tenants:
+        raise TenantError(f"tenant {tenant.name!r} exists already")
+    for other in tenants.values():
+        if _overlap(tenant.log_group_prefix, other.log_group_prefix):
+            raise TenantError(
+                f"log group prefix {tenant.log_group_prefix!r} overlaps tenant "
+                f"{other.name!r}'s {other.log_group_prefix!r}"
+            )
+
+
+class TenantStore(Protocol):
+    """The registry as ingest and the ``cloudlog tenant`` commands use it, whatever holds it.
+
+    Reads answer from memory (the view taken at the last ``reload``); writes go to the store
+    and are atomic there. ``problem``: why the last reload failed (the last good view is kept)."""
+
+    problem: str | None
+
+    @property
+    def source(self) -> str: ...
+
+    def reload(self) -> bool: ...
+
+    def tenants(self) -> list[Tenant]: ...
+
+    def get(self, name: str) -> Tenant | None: ...
+
+    def authenticate(self, api_key: str) -> Tenant | None: ...
+
+    def owner_of(self, group: str) -> Tenant | None: ...
+
+    def create(
+        self,
+        name: str,
+        *,
+        log_group_prefix: str | None = None,
+        rate: float = DEFAULT_RATE,
+        burst: int = DEFAULT_BURST,
+        retention_days: int | None = None,
+        kms_key_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> tuple[Tenant, str]: ...
+
+    def revoke(self, name: str) -> Tenant: ...
+
+    def rotate(self, name: str) -> tuple[Tenant, str]: ...
+
+
 class TenantRegistry:
     """The tenants in memory, loaded from one file; every change goes through the file, under
     its lock (``create``, ``revoke``)."""
@@ -323,6 +432,10 @@ class TenantRegistry:
             self._use(tenants, self._stat())
             return result
 
+    @property
+    def source(self) -> str:
+        return str(self.path)
+
     def tenants(self) -> list[Tenant]:
         return list(self._tenants.values())
 
@@ -358,43 +471,18 @@ class TenantRegistry:
         """Add a tenant; returns it with its new API key (shown once, never stored).
 
         Checked against the file as it is under the lock, not this object's older view."""
-        if not TENANT_NAME.fullmatch(name):
-            raise TenantError(
-                "tenant name must be 1-63 characters: lowercase letters, digits and -, "
-                "starting with a letter or digit"
-            )
-        prefix = log_group_prefix if log_group_prefix is not None else f"{name}/"
-        if len(prefix) > MAX_PREFIX_LENGTH or not PREFIX.fullmatch(prefix) or ".." in prefix:
-            raise TenantError(
-                f"log group prefix must be at most {MAX_PREFIX_LENGTH} characters of letters, "
-                "digits and . - _ # in /-separated parts, ending in '/', e.g. 'acme/'"
-            )
-        if prefix.lower().startswith("aws/"):
-            raise TenantError("log group prefix may not start with 'aws/'")
-        if rate <= 0 or burst < 1:
-            raise TenantError("rate must be positive and burst at least 1")
-        api_key = new_api_key()
-        tenant = Tenant(
-            name=name,
-            key_sha256=hash_key(api_key),
-            log_group_prefix=prefix,
+        tenant, api_key = new_tenant(
+            name,
+            log_group_prefix=log_group_prefix,
             rate=rate,
             burst=burst,
             retention_days=retention_days,
             kms_key_id=kms_key_id,
-            tags=dict(tags or {}),
-            created_at=time.time(),
+            tags=tags,
         )
 
         def add(tenants: dict[str, Tenant]) -> None:
-            if name in tenants:
-                raise TenantError(f"tenant {name!r} exists already")
-            for other in tenants.values():
-                if _overlap(prefix, other.log_group_prefix):
-                    raise TenantError(
-                        f"log group prefix {prefix!r} overlaps tenant {other.name!r}'s "
-                        f"{other.log_group_prefix!r}"
-                    )
+            check_addable(tenants, tenant)
             tenants[name] = tenant
 
         self._modify(add)
@@ -412,3 +500,20 @@ class TenantRegistry:
             return revoked
 
         return self._modify(mark)
+
+    def rotate(self, name: str) -> tuple[Tenant, str]:
+        """Give an active tenant a new API key (returned, shown once); the old one stops
+        working when ingest next reloads. In the file (under the lock) and here."""
+        api_key = new_api_key()
+
+        def replace_key(tenants: dict[str, Tenant]) -> Tenant:
+            tenant = tenants.get(name)
+            if tenant is None:
+                raise TenantError(f"no tenant {name!r}")
+            if tenant.revoked:
+                raise TenantError(f"tenant {name!r} is revoked; its key cannot be rotated")
+            rotated = Tenant(**{**asdict(tenant), "key_sha256": hash_key(api_key)})
+            tenants[name] = rotated
+            return rotated
+
+        return self._modify(replace_key), api_key
