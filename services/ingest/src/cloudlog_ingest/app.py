@@ -22,6 +22,11 @@ from cloudlog_core.gc_settle import freeze_startup_objects, unfreeze
 from cloudlog_ingest import health, routes
 from cloudlog_ingest.bodylimit import BodySizeLimit
 from cloudlog_ingest.deps import authenticate_scope
+from cloudlog_ingest.idempotency import (
+    BatchIdempotency,
+    ensure_idempotency_table,
+    make_dynamodb_client,
+)
 from cloudlog_ingest.journal import DeliveryJournal, ReadBack
 from cloudlog_ingest.metrics import CountRefusals, IngestMetrics
 from cloudlog_ingest.pipeline import WriteFunction, WritePipeline, pipeline_options
@@ -34,7 +39,8 @@ from cloudlog_ingest.readiness import (
     track_tenant_registry,
 )
 from cloudlog_ingest.settings import IngestSettings, get_settings
-from cloudlog_ingest.tenants import TenantRegistry, TenantSettings
+from cloudlog_ingest.tenant_table import open_tenant_store
+from cloudlog_ingest.tenants import TenantRegistry, TenantSettings, TenantStore
 from cloudlog_writer import (
     CloudWatchWriter,
     GroupOptions,
@@ -95,7 +101,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": detail, "errors": messages})
 
 
-def tenant_group_options(registry: TenantRegistry, defaults: GroupOptions) -> GroupOptionsFor:
+def tenant_group_options(registry: TenantStore, defaults: GroupOptions) -> GroupOptionsFor:
     """Retention, tags and KMS key for a group: its tenant's, else the writer's defaults."""
 
     def options(group: str) -> GroupOptions:
@@ -109,6 +115,42 @@ def tenant_group_options(registry: TenantRegistry, defaults: GroupOptions) -> Gr
         )
 
     return options
+
+
+async def _poll_tenants(app: FastAPI, interval: float) -> None:
+    """Reload the tenant registry every ``interval`` seconds, in a thread; on a change, forget
+    the quotas of tenants that are gone."""
+    registry: TenantStore = app.state.tenants
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            changed = await asyncio.to_thread(registry.reload)
+        except Exception:  # reload keeps the last good registry itself; never stop polling
+            logger.exception("tenant registry reload failed")
+            continue
+        if changed:
+            app.state.quotas.forget_all_but({tenant.name for tenant in registry.tenants()})
+
+
+def idempotency_store(settings: IngestSettings, metrics: IngestMetrics) -> BatchIdempotency | None:
+    """The DynamoDB batch records every replica shares, when a table is configured."""
+    if not settings.idempotency_table:
+        return None
+    client = make_dynamodb_client()
+    if settings.idempotency_create_table and ensure_idempotency_table(
+        client, settings.idempotency_table
+    ):
+        logger.info("idempotency: created table %s", settings.idempotency_table)
+    store = BatchIdempotency(
+        client,
+        settings.idempotency_table,
+        lease_seconds=settings.idempotency_lease_seconds,
+        ttl_seconds=settings.idempotency_ttl_seconds,
+        done_linger_seconds=settings.idempotency_done_linger_seconds,
+        registry=metrics.registry,
+    )
+    store.start()
+    return store
 
 
 def create_app(
@@ -126,28 +168,43 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = TenantRegistry.load(tenant_settings.tenants_path)
+        registry = await asyncio.to_thread(open_tenant_store, tenant_settings)
         if not registry.tenants():
             logger.warning(
                 "no tenants in %s: every request will be refused (cloudlog tenant create NAME)",
-                tenant_settings.tenants_path,
+                registry.source,
             )
         app.state.tenants = registry
         app.state.tenants_checked = time.monotonic()
         app.state.tenants_reload_seconds = tenant_settings.tenants_reload_seconds
         app.state.quotas = Quotas()
+        # The file is re-read from requests (a stat, at most every reload interval); the table
+        # is polled off the event loop, so no request waits on DynamoDB (tenant_table.py).
+        app.state.tenants_polled = not isinstance(registry, TenantRegistry)
+        poller = (
+            asyncio.create_task(_poll_tenants(app, tenant_settings.tenants_reload_seconds))
+            if app.state.tenants_polled
+            else None
+        )
         writer = build_writer(
             tenant_group_options(registry, WriterSettings().default_group_options()), metrics
         )
+        idempotency = await asyncio.to_thread(idempotency_store, settings, metrics)
         journal = DeliveryJournal(
-            settings.journal_path,
+            # With the shared store, the journal only remembers what this replica wrote.
+            settings.journal_path if idempotency is None else None,
             max_entries=settings.journal_max_entries,
             ttl_seconds=settings.journal_ttl_seconds,
         )
         recovery = await asyncio.to_thread(journal.open, writer.read_back)
         logger.info("journal: %s", recovery)
         pipeline = WritePipeline(
-            writer.write, journal=journal, metrics=metrics, **pipeline_options(settings)
+            writer.write,
+            journal=journal,
+            metrics=metrics,
+            idempotency=idempotency,
+            read_back=writer.read_back,
+            **pipeline_options(settings),
         )
         pipeline.start()
         app.state.pipeline = pipeline
@@ -158,8 +215,12 @@ def create_app(
         try:
             yield
         finally:
+            if poller is not None:
+                poller.cancel()
             unfreeze()
             await pipeline.stop(settings.shutdown_timeout_seconds)
+            if idempotency is not None:
+                await asyncio.to_thread(idempotency.close)
             writer.close()
             journal.close()
 

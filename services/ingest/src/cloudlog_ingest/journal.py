@@ -340,6 +340,11 @@ class DeliveryJournal:
 
     # -- the commit path ------------------------------------------------------------------
 
+    def remember(self, keys: Sequence[Fingerprint]) -> int:
+        """Take ``keys`` as written (found in CloudWatch by a read-back), in memory only: they
+        are recognised as duplicates from now on. Returns how many were new."""
+        return self._remember(keys, self._clock())
+
     def fingerprints(self, events: Sequence[LogEvent]) -> list[Fingerprint]:
         """One fingerprint per event: compute them once per commit, pass them around."""
         blake2b = hashlib.blake2b

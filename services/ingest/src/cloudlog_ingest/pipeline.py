@@ -27,6 +27,14 @@ sends; events the journal knows as written are answered "written" without being 
 again. Events the writer rejects are also reported to the ``_rejected`` stream of their own
 group, where the tenant can read why.
 What happens to each event is counted, per tenant, in the service's metrics (metrics.py).
+
+With ``idempotency`` (a ``BatchIdempotency``: DynamoDB, shared by every replica), each
+submission made with ``idempotent=True`` (one ``POST /v1/logs``) is a batch claimed before its
+commit is written, all the claims of a commit in one request (idempotency.py): a batch already
+done is answered from its record, one another request is writing fails with
+``BatchInProgress`` (429), one whose lease ended is read back from CloudWatch (``read_back``)
+and what is not there yet is written. The journal then lives in memory: it still recognises,
+per event, what this replica wrote.
 """
 
 from __future__ import annotations
@@ -42,7 +50,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudlog_ingest.confinement import REJECTED_STREAM
-from cloudlog_ingest.journal import DeliveryJournal
+from cloudlog_ingest.idempotency import (
+    BatchIdempotency,
+    BatchInProgress,
+    Claim,
+    ClaimState,
+    answer_from_record,
+    batch_key,
+)
+from cloudlog_ingest.journal import DeliveryJournal, ReadBack
 from cloudlog_ingest.metrics import IngestMetrics
 from cloudlog_ingest.quotas import NewStreamQuotas
 from cloudlog_ingest.settings import IngestSettings
@@ -90,6 +106,9 @@ class _Submission:
     tenant: str
     events: Sequence[LogEvent]
     future: asyncio.Future[list[EventResult]]
+    idempotent: bool = False  # a delivered batch: claimed in the idempotency store, if any
+    key: str | None = None  # its batch key, once claimed
+    claim: Claim | None = None
 
 
 def rejection_report(event: LogEvent, result: EventResult, now_ms: int) -> LogEvent:
@@ -127,8 +146,12 @@ class WritePipeline:
         max_concurrent_commits: int = 8,
         max_commit_streams: int = 256,
         new_streams: NewStreamQuotas | None = None,
+        idempotency: BatchIdempotency | None = None,
+        read_back: ReadBack | None = None,
     ):
-        """``new_streams``: the per-tenant quota of group and stream creations (None: none)."""
+        """``new_streams``: the per-tenant quota of group and stream creations (None: none).
+        ``idempotency``: the batch records every replica shares (None: the journal alone);
+        ``read_back``: event ids already in a stream's time range, for batches taken over."""
         self._write = write
         self._max_pending_events = max_pending_events
         reserve = int(max_pending_events * pending_reserve_fraction)
@@ -141,6 +164,8 @@ class WritePipeline:
         self._max_concurrent_commits = max(1, max_concurrent_commits)
         self._max_commit_streams = max(1, max_commit_streams)
         self._new_streams = new_streams
+        self._idempotency = idempotency
+        self._read_back = read_back
         self._known: BoundedTtlCache[tuple[str, ...], None] = BoundedTtlCache(
             KNOWN_STREAMS_MAX, KNOWN_STREAMS_TTL_SECONDS
         )
@@ -186,9 +211,11 @@ class WritePipeline:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="cloudlog-commit")
 
     def submit(
-        self, events: Sequence[LogEvent], tenant: str = ""
+        self, events: Sequence[LogEvent], tenant: str = "", *, idempotent: bool = False
     ) -> asyncio.Future[list[EventResult]]:
-        """Queue events for a coming commit; the future resolves to one result per event."""
+        """Queue events for a coming commit; the future resolves to one result per event.
+        ``idempotent``: the events are one delivered batch, which a redelivery repeats (it
+        may fail with ``BatchInProgress``)."""
         if self._closing:
             raise ShuttingDown()
         count = len(events)
@@ -199,7 +226,9 @@ class WritePipeline:
         future: asyncio.Future[list[EventResult]] = asyncio.get_running_loop().create_future()
         self._pending_events += count
         self._pending_by_tenant[tenant] = tenant_pending + count
-        self._queues.setdefault(tenant, deque()).append(_Submission(tenant, events, future))
+        self._queues.setdefault(tenant, deque()).append(
+            _Submission(tenant, events, future, idempotent and self._idempotency is not None)
+        )
         self._ready.set()
         self._metrics.accepted(tenant, count)
         return future
@@ -306,17 +335,30 @@ class WritePipeline:
             del self._in_flight[tenant]
             self._ready.set()
 
-    async def _commit_submissions(self, commit: list[_Submission]) -> None:
+    async def _commit_submissions(self, commit: list[_Submission], claimed: bool = False) -> None:
         """Write the submissions of ``commit`` together and answer each its own results.
 
         A failure before anything was written (``NothingWritten``: one request's events that
         cannot even be fingerprinted or journaled) fails no one else: the submissions are then
         committed one by one, and only the one that fails again gets the error.
+        With an idempotency store, the batches are claimed first (``_claim_batches``), once.
         """
         loop = asyncio.get_running_loop()
+        if not claimed and any(submission.idempotent for submission in commit):
+            commit = await self._claim_batches(commit)
+            if not commit:
+                return
         events = [event for submission in commit for event in submission.events]
         tenants = [submission.tenant for submission in commit for _ in submission.events]
+        recover = [
+            event
+            for submission in commit
+            if submission.claim is not None and submission.claim.must_read_back
+            for event in submission.events
+        ]
         try:
+            if recover:
+                await loop.run_in_executor(self._executor, self._recover, recover)
             results = await loop.run_in_executor(self._executor, self._commit, events, tenants)
         except NothingWritten as exc:
             if len(commit) > 1:
@@ -326,25 +368,91 @@ class WritePipeline:
                     exc.__cause__,
                 )
                 for submission in commit:
-                    await self._commit_submissions([submission])
+                    await self._commit_submissions([submission], claimed=True)
                 return
-            self._fail(commit, exc.__cause__ or exc, len(events))
+            await self._fail(commit, exc.__cause__ or exc, len(events))
         except Exception as exc:
-            self._fail(commit, exc, len(events))
+            await self._fail(commit, exc, len(events))
         else:
             offset = 0
+            store = self._idempotency
             for submission in commit:
                 size = len(submission.events)
+                mine = results[offset : offset + size]
+                if store is not None and submission.claim is not None and submission.claim.owned:
+                    assert submission.key is not None
+                    store.complete(submission.key, mine)
                 if not submission.future.done():
-                    submission.future.set_result(results[offset : offset + size])
+                    submission.future.set_result(mine)
                 offset += size
 
-    def _fail(self, commit: list[_Submission], exc: BaseException, count: int) -> None:
+    async def _claim_batches(self, commit: list[_Submission]) -> list[_Submission]:
+        """Claim the commit's batches in the idempotency store (one request for all, in the
+        common case); answer those done already or being written elsewhere. Returns the
+        submissions left to write."""
+        store = self._idempotency
+        assert store is not None
+        keyed = [submission for submission in commit if submission.idempotent]
+
+        def claim() -> list[Claim]:
+            for submission in keyed:
+                submission.key = batch_key(submission.tenant, submission.events)
+            return store.claim([submission.key or "" for submission in keyed])
+
+        loop = asyncio.get_running_loop()
+        try:
+            claims = await loop.run_in_executor(self._executor, claim)
+        except Exception as exc:
+            await self._fail(commit, exc, sum(len(s.events) for s in commit))
+            return []
+        for submission, found in zip(keyed, claims, strict=True):
+            submission.claim = found
+            if found.must_write or submission.future.done():
+                continue
+            if found.state is ClaimState.BUSY:
+                submission.future.set_exception(BatchInProgress(found.retry_after))
+            else:
+                self._metrics.deduplicated([submission.tenant] * len(submission.events))
+                submission.future.set_result(answer_from_record(submission.events, found))
+        return [s for s in commit if s.claim is None or s.claim.must_write]
+
+    def _recover(self, events: list[LogEvent]) -> None:
+        """Teach the journal which of ``events`` are in CloudWatch already: their batch was
+        taken over from a replica that may have died while writing it."""
+        if self._read_back is None:
+            return
+        ranges: dict[tuple[str, str], list[int]] = {}
+        for event in events:
+            bounds = ranges.setdefault((event.log_group, event.log_stream), [event.timestamp] * 2)
+            bounds[0] = min(bounds[0], event.timestamp)
+            bounds[1] = max(bounds[1], event.timestamp)
+        found = 0
+        for (group, stream), (low, high) in ranges.items():
+            present = self._read_back(group, stream, low, high)
+            if not present:
+                continue
+            written = [e for e in events if e.log_stream == stream and e.log_group == group]
+            keys = self._journal.fingerprints([e for e in written if e.event_id in present])
+            found += self._journal.remember(keys)
+        logger.warning(
+            "idempotency: read back %d stream(s) of a taken-over batch: %d of %d events were "
+            "written already",
+            len(ranges),
+            found,
+            len(events),
+        )
+
+    async def _fail(self, commit: list[_Submission], exc: BaseException, count: int) -> None:
         self._metrics.commits_failed.inc()
         logger.error("writer failed on a commit of %d events", count, exc_info=exc)
         for submission in commit:
             if not submission.future.done():
                 submission.future.set_exception(exc)
+        owned = [s.key for s in commit if s.key and s.claim is not None and s.claim.owned]
+        if owned and self._idempotency is not None:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._idempotency.release, owned
+            )
 
     def _commit(self, events: list[LogEvent], tenants: list[str]) -> list[EventResult]:
         """Write what was not written before; journal the commit around the write.

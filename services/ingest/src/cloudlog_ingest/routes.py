@@ -30,6 +30,7 @@ from cloudlog_ingest.confinement import (
     resolve_group,
 )
 from cloudlog_ingest.deps import BatchBodyDep, PipelineDep, QuotasDep, SettingsDep, TenantDep
+from cloudlog_ingest.idempotency import BatchInProgress
 from cloudlog_ingest.pipeline import (
     REJECTED_QUOTE_CHARS,
     Overloaded,
@@ -76,6 +77,7 @@ def _submit(
     quotas: Quotas,
     tenant: Tenant,
     events: list[LogEvent],
+    idempotent: bool = False,
 ) -> asyncio.Future[list[EventResult]]:
     wait = quotas.admit(tenant, len(events))
     if wait:
@@ -86,7 +88,7 @@ def _submit(
         )
     retry_after = {"Retry-After": str(settings.retry_after_seconds)}
     try:
-        return pipeline.submit(events, tenant=tenant.name)
+        return pipeline.submit(events, tenant=tenant.name, idempotent=idempotent)
     except Overloaded as exc:  # the pipeline's bounds, or its new-stream quota (pipeline.py)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -329,7 +331,16 @@ async def post_batch(
         if not isinstance(outcome, Refusal)
     ]
     # shield: a client that hangs up must not cancel the write of what it handed over.
-    results = await asyncio.shield(_submit(pipeline, settings, quotas, tenant, events + reports))
+    # idempotent: a redelivery of this batch, on any replica, is recognised (idempotency.py).
+    submitted = _submit(pipeline, settings, quotas, tenant, events + reports, idempotent=True)
+    try:
+        results = await asyncio.shield(submitted)
+    except BatchInProgress as exc:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=str(exc),
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
     if not forbidden:
         return _batch_answer(results)
     _log_unreported(reports, results[len(events) :])

@@ -57,6 +57,18 @@ class IngestSettings(BaseSettings):
     journal_max_entries: int = Field(default=1_000_000, ge=1_000)
     # Must outlast the redelivery horizon: the worker's retries plus the visibility timeout.
     journal_ttl_seconds: float = Field(default=6 * 3600, gt=0)
+    # Idempotency shared by every replica (idempotency.py): the DynamoDB table of batch records.
+    # Unset: the journal above, which a batch retried on another replica does not reach.
+    idempotency_table: str | None = None
+    # How long a replica holds a batch it writes; after it, another replica may take the batch
+    # over. Must outlast the longest commit (the writer's CLOUDLOG_MAX_RETRY_SECONDS).
+    idempotency_lease_seconds: float = Field(default=90.0, gt=0, le=3600)
+    # Records expire (DynamoDB TTL) after this: it must outlast the redelivery horizon.
+    idempotency_ttl_seconds: float = Field(default=6 * 3600, gt=0)
+    # Marking batches done waits this long for the next commit's claim to carry it along.
+    idempotency_done_linger_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Create the table at start when it is missing (emulators and development only).
+    idempotency_create_table: bool = False
     # /readyz (readiness.py): how long CloudWatch Logs has to answer DescribeLogGroups,
     ready_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     # how long that answer is reused (probes then cost CloudWatch nothing),
@@ -86,6 +98,11 @@ class IngestSettings(BaseSettings):
         if isinstance(value, str) and len(value.strip()) < 16:
             raise ValueError("metrics_token must be at least 16 characters")
         return value
+
+    @field_validator("idempotency_table", mode="before")
+    @classmethod
+    def _no_empty_table(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("journal_path", mode="before")
     @classmethod
