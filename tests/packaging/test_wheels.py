@@ -45,6 +45,23 @@ FORBIDDEN: dict[str, set[str]] = {
     "cloudlog-core": set(),
     "cloudlog-wire": set(),
     "cloudlog-writer": set(),
+    # Any Python process: no web framework, and its integrations (structlog, OpenTelemetry)
+    # are optional extras, never pulled in.
+    "cloudlog-logging": {
+        "flask",
+        "flask-cloudlog",
+        "fastapi",
+        "uvicorn",
+        "starlette",
+        "structlog",
+        "opentelemetry-api",
+        "opentelemetry-sdk",
+        "prometheus-client",
+        "cloudlog-ingest",
+        "cloudlog-writer",
+        "cloudlog-worker",
+        "cloudlog-cli",
+    },
     "flask-cloudlog": {
         "fastapi",
         "uvicorn",

@@ -25,6 +25,7 @@ LAYERS = (
     "cloudlog_core",
     "cloudlog_wire",
     "cloudlog_writer",
+    "cloudlog_logging",
     "flask_cloudlog",
     "cloudlog_worker",
     "cloudlog_ingest",
