@@ -36,9 +36,9 @@ dist: $(STAMP)  ## build every distribution's wheel and sdist into dist/
 dev: $(STAMP)  ## emulator + ingest + worker + demo app, printing events read back (Ctrl-C stops all)
 	$(VENV)/bin/cloudlog dev
 
-# Tests run in 3 processes: the integration and fault tests mostly wait (on redelivery,
+# Tests run in 4 processes: the integration and fault tests mostly wait (on redelivery,
 # outages, retries), so they overlap well even on 2 cores.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 
 # Debian packages some tests run for real: HAProxy (the load balancer in front of several ingest
 # replicas) and docker-compose (checks docker-compose.yml without a Docker engine). Installed
