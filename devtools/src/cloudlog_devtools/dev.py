@@ -168,7 +168,8 @@ def _run_locked(
         pipeline.start_emulator()
         say(f"  emulator   {pipeline.emulator_url}  (SQS + CloudWatch Logs, moto)", flush=True)
         pipeline.start_ingest()
-        say(f"  ingest     {pipeline.ingest_url}  (/readyz, /metrics)", flush=True)
+        say(f"  ingest     {pipeline.ingest_url}  (/readyz; /metrics with its token)", flush=True)
+        say(f"             metrics token {pipeline.ingest_metrics_token}", flush=True)
         pipeline.start_worker()
         metrics = pipeline.worker_metrics_url
         say(f"  worker     celery, consuming the SQS queue  (metrics {metrics})", flush=True)
