@@ -45,6 +45,15 @@ def test_init_app_registers_state_sets_defaults_and_starts_no_thread() -> None:
     assert state.handler in app.logger.handlers
 
 
+def test_effective_values_are_written_back_to_app_config_the_default_stream_too() -> None:
+    app = Flask(unique_name())
+    app.config["CLOUDLOG_LOG_STREAM"] = None  # as a config file may leave it
+    CloudLog(app)
+    state = app.extensions["cloudlog"]
+    assert state.log_stream and app.config["CLOUDLOG_LOG_STREAM"] == state.log_stream
+    assert app.config["CLOUDLOG_LOG_GROUP"] == state.log_group == f"cloudlog/{app.name}"
+
+
 def test_options_are_defaults_and_app_config_wins() -> None:
     app = Flask(unique_name())
     app.config["CLOUDLOG_LOG_STREAM"] = "from-config"

@@ -28,7 +28,13 @@ from pydantic import ValidationError
 from cloudlog_logging.delivery import ProcessDispatcher
 from cloudlog_logging.publisher import CeleryPublisher
 from cloudlog_logging.settings import CloudLogConfigError
-from cloudlog_logging.state import CAPTURE_MAX_EVENTS, LogShipper, describe, name_problem
+from cloudlog_logging.state import (
+    CAPTURE_MAX_EVENTS,
+    LogShipper,
+    default_log_stream,
+    describe,
+    name_problem,
+)
 from flask_cloudlog.events import request_fields
 from flask_cloudlog.handler import CloudLogHandler
 from flask_cloudlog.metrics import register_state
@@ -145,9 +151,12 @@ class CloudLog:
             app.config.setdefault(f"CLOUDLOG_{name.upper()}", value)
         settings = self._settings_from_config(app)
         deliver = delivery_wanted(app, settings)
-        settings = settings.model_copy(update={"enabled": deliver})
+        # Effective values go back to app.config: the stream too, when it defaulted.
+        effective = {"enabled": deliver, "log_stream": settings.log_stream or default_log_stream()}
+        settings = settings.model_copy(update=effective)
         for key, name in ExtensionSettings.config_keys().items():
-            app.config.setdefault(key, getattr(settings, name))
+            if app.config.get(key) is None:
+                app.config[key] = getattr(settings, name)
         state = CloudLogState(settings, app_name=app.name, deliver=deliver)
         app.extensions[EXTENSION_KEY] = state
         if not deliver:
