@@ -1,5 +1,5 @@
 """The embedded AWS endpoint: moto's server on loopback, serving SQS, CloudWatch Logs and
-DynamoDB (the tenant table, when CLOUDLOG_TENANTS_TABLE names one)."""
+DynamoDB (the tenant and idempotency tables, by default and as CLOUDLOG_* settings name them)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from typing import Any
 from moto.server import ThreadedMotoServer
 
 from cloudlog_core.aws import AwsSettings, make_client
+from cloudlog_ingest.idempotency import DEFAULT_IDEMPOTENCY_TABLE, ensure_idempotency_table
+from cloudlog_ingest.settings import IngestSettings
 from cloudlog_ingest.tenant_table import DEFAULT_TENANTS_TABLE, ensure_tenant_table
 from cloudlog_ingest.tenants import TenantSettings
 from cloudlog_wire.broker import BrokerSettings, ensure_queues
@@ -72,8 +74,15 @@ def tenant_tables() -> list[str]:
     return sorted({DEFAULT_TENANTS_TABLE, *([configured] if configured else [])})
 
 
+def idempotency_tables() -> list[str]:
+    """The idempotency tables to create: the default name and the configured one, if other."""
+    configured = IngestSettings().idempotency_table
+    return sorted({DEFAULT_IDEMPOTENCY_TABLE, *([configured] if configured else [])})
+
+
 def start_emulator(port: int = DEFAULT_EMULATOR_PORT) -> tuple[ThreadedMotoServer, str]:
-    """Start moto on 127.0.0.1:port and create the pipeline's queues and the tenant table(s).
+    """Start moto on 127.0.0.1:port and create the pipeline's queues, tenant and idempotency
+    tables.
     Returns (server, url)."""
     # werkzeug logs one line per request; on a busy pipeline that is noise, not information.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -86,6 +95,8 @@ def start_emulator(port: int = DEFAULT_EMULATOR_PORT) -> tuple[ThreadedMotoServe
     dynamodb = make_client("dynamodb", settings)
     for table in tenant_tables():
         ensure_tenant_table(dynamodb, table)
+    for table in idempotency_tables():
+        ensure_idempotency_table(dynamodb, table)
     return server, url
 
 
@@ -101,12 +112,14 @@ def run_emulator(port: int = DEFAULT_EMULATOR_PORT) -> None:
     server, url = start_emulator(port)
     broker = BrokerSettings()
     logger.info(
-        "%s on %s (SQS + CloudWatch Logs + DynamoDB; queues %s, %s; tenant tables %s)",
+        "%s on %s (SQS + CloudWatch Logs + DynamoDB; queues %s, %s; tenant tables %s; "
+        "idempotency tables %s)",
         READY_TEXT,
         url,
         broker.queue_name,
         broker.dead_letter_queue_name,
         ", ".join(tenant_tables()),
+        ", ".join(idempotency_tables()),
     )
     try:
         while not stop.wait(0.5):  # a timed wait lets the signal handler run promptly

@@ -138,6 +138,10 @@ def answer_from_record(events: Sequence[LogEvent], claim: Claim) -> list[EventRe
     return results
 
 
+# The table the embedded emulator creates (`cloudlog emulator`); on AWS the stack names it.
+DEFAULT_IDEMPOTENCY_TABLE = "cloudlog-idempotency"
+
+
 def ensure_idempotency_table(client: Any, table: str) -> bool:
     """Create the table (on-demand, TTL on ``expires_at``) unless it exists; True if created.
     For emulators and development: on AWS the table comes from infra/aws/cloudlog.yaml."""
