@@ -32,8 +32,8 @@ from cloudlog_logging.state import (
     CAPTURE_MAX_EVENTS,
     LogShipper,
     default_log_stream,
-    describe,
     name_problem,
+    refuse_configured_names,
 )
 from flask_cloudlog.events import request_fields
 from flask_cloudlog.handler import CloudLogHandler
@@ -55,7 +55,6 @@ __all__ = [
 EXTENSION_KEY = "cloudlog"
 logger = logging.getLogger(__name__)
 _said_capture = False
-_describe = describe
 
 
 def _default_log_group(app: Flask) -> str:
@@ -188,14 +187,7 @@ class CloudLog:
         except (ValidationError, ValueError) as exc:
             raise CloudLogConfigError(f"invalid cloudlog configuration: {exc}") from exc
         group = settings.log_group or _default_log_group(app)
-        # Names ingest would refuse for any tenant: refused here, not dead-lettered later.
-        refused = name_problem(group, settings.log_stream or None)
-        if refused is not None:
-            key = f"CLOUDLOG_{refused[0].upper()}"
-            value = group if refused[0] == "log_group" else settings.log_stream
-            raise CloudLogConfigError(
-                f"invalid cloudlog configuration: {key}: {_describe(refused, value)}"
-            )
+        refuse_configured_names(group, settings.log_stream)
         return settings.model_copy(update={"log_group": group})
 
     @staticmethod

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from cloudlog_logging.events import event_from_record
 from cloudlog_logging.settings import ClientSettings, CloudLogConfigError
-from cloudlog_logging.state import LogShipper, describe, name_problem
+from cloudlog_logging.state import LogShipper, refuse_configured_names
 
 # Loggers of the libraries on our own delivery path, and of cloudlog's own import packages:
 # shipping their records would ship our own traffic, or loop. Only these: an app's own
@@ -120,13 +120,7 @@ def client_settings(**options: Any) -> ClientSettings:
     except (ValidationError, ValueError) as exc:
         raise CloudLogConfigError(f"invalid cloudlog configuration: {exc}") from exc
     group = settings.log_group or program_log_group()
-    refused = name_problem(group, settings.log_stream or None)
-    if refused is not None:
-        key = f"CLOUDLOG_{refused[0].upper()}"
-        value = group if refused[0] == "log_group" else settings.log_stream
-        raise CloudLogConfigError(
-            f"invalid cloudlog configuration: {key}: {describe(refused, value)}"
-        )
+    refuse_configured_names(group, settings.log_stream)
     return settings.model_copy(update={"log_group": group})
 
 

@@ -21,7 +21,7 @@ from cloudlog_logging.delivery import ProcessDispatcher, process_dispatcher
 from cloudlog_logging.dispatcher import Dispatcher
 from cloudlog_logging.events import make_event
 from cloudlog_logging.publisher import CeleryPublisher
-from cloudlog_logging.settings import ClientSettings
+from cloudlog_logging.settings import ClientSettings, CloudLogConfigError
 from cloudlog_logging.values import json_safe
 
 # Events kept by the in-memory capture (delivery off); the oldest go first. A test suite reads a
@@ -45,6 +45,18 @@ def name_problem(log_group: str | None, log_stream: str | None) -> tuple[str, st
 def describe(refused: tuple[str, str], name: str | None) -> str:
     """ "log group '/a/../b' may not contain '..' or '.' segments" """
     return f"{refused[0].replace('_', ' ')} {name!r} {refused[1]}"
+
+
+def refuse_configured_names(log_group: str, log_stream: str | None) -> None:
+    """``CloudLogConfigError`` naming the CLOUDLOG_* key and the rule, for a configured group or
+    stream ingest would refuse: refused at configuration, not dead-lettered later."""
+    refused = name_problem(log_group, log_stream or None)
+    if refused is not None:
+        key = f"CLOUDLOG_{refused[0].upper()}"
+        value = log_group if refused[0] == "log_group" else log_stream
+        raise CloudLogConfigError(
+            f"invalid cloudlog configuration: {key}: {describe(refused, value)}"
+        )
 
 
 def default_log_stream() -> str:
