@@ -33,6 +33,7 @@ from cloudlog_devtools.processes import (
 )
 from cloudlog_ingest.tenant_table import DynamoTenantStore, dynamodb_client
 from cloudlog_ingest.tenants import RegistryLocked, TenantError
+from tests.conftest import log_event
 
 pytestmark = pytest.mark.integration
 
@@ -117,16 +118,9 @@ def created(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 def status(url: str, key: str) -> int:
     """What one replica answers a one-event batch sent with ``key``: 401 when refused."""
-    event = {
-        "event_id": uuid.uuid4().hex,
-        "timestamp": int(time.time() * 1000),
-        "log_group": "app",
-        "log_stream": "s",
-        "message": "m",
-    }
     return httpx.post(
         f"{url}/v1/logs",
-        json={"events": [event]},
+        json={"events": [log_event("app")]},
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     ).status_code

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from cloudlog_devtools.processes import (
     pipeline_env,
 )
 from cloudlog_ingest.tenants import TenantRegistry
+from tests.conftest import log_event
 
 pytestmark = pytest.mark.integration
 
@@ -63,16 +63,9 @@ def ingest(moto_url: str, tmp_path: Path) -> Iterator[tuple[ManagedProcess, str,
 
 
 def post(url: str, key: str) -> httpx.Response:
-    event = {
-        "event_id": uuid.uuid4().hex,
-        "timestamp": int(time.time() * 1000),
-        "log_group": "app",
-        "log_stream": "s",
-        "message": "m",
-    }
     return httpx.post(
         f"{url}/v1/logs",
-        json={"events": [event]},
+        json={"events": [log_event("app")]},
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     )
